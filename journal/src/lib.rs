@@ -1,0 +1,15 @@
+//! cudele-journal: the contract every cudele crate shares.
+//!
+//! Layout:
+//! - [`event`]: the [`Event`] type — one per namespace mutation — and [`Record`] (event + sequence).
+//! - [`codec`]: the compact, versioned binary encoding of a record.
+//! - [`segment`]: the segment format (header + frames of length, CRC32C, payload), a segment
+//!   builder and a reader that stops at a torn tail and rejects corrupt or foreign segments.
+//! - [`store`]: opening the object store (local directory, memory, S3) from a URL.
+
+pub mod codec;
+pub mod event;
+pub mod segment;
+pub mod store;
+
+pub use event::*;
