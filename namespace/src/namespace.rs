@@ -270,6 +270,15 @@ impl Namespace {
         self.inodes.len() as u64
     }
 
+    /// Bytes of file data the namespace accounts for (sizes of regular files).
+    pub fn file_bytes(&self) -> u64 {
+        self.inodes
+            .values()
+            .filter(|inode| inode.record.attr.kind == FileKind::Regular)
+            .map(|inode| inode.record.attr.size)
+            .sum()
+    }
+
     pub fn next_ino(&self) -> Ino {
         self.next_ino
     }

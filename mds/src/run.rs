@@ -1,0 +1,140 @@
+//! Configuration and wiring: open the stores, recover, start the background tasks and serve
+//! gRPC until shutdown, then drain the journal.
+
+use crate::journal_writer::JournalWriter;
+use crate::metastore::{MetaStore, RocksStore};
+use crate::persist::{PersistConfig, PersistProgress, Persister};
+use crate::recovery::recover;
+use crate::server::Mds;
+use crate::service::MdsService;
+use crate::sessions::Sessions;
+use anyhow::{Context, Result};
+use cudele_journal::store::{JournalStore, StoreOptions};
+use cudele_proto::auth::{token_matches, AUTHORIZATION_HEADER};
+use cudele_proto::pb::mds_server::MdsServer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Durable batches queued between the journal writer and the flusher.
+const DURABLE_BATCH_QUEUE_LENGTH_MAX: usize = 1024;
+/// Concurrent requests served per client connection.
+const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct MdsConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Object store URL; default: a directory `objects` under the data dir.
+    pub object_store: Option<String>,
+    pub store_options: StoreOptions,
+    /// Shared secret clients must present; None accepts every client.
+    pub token: Option<String>,
+    pub lease: Duration,
+    pub invalidation_ack_timeout: Duration,
+    pub persist: PersistConfig,
+}
+
+impl MdsConfig {
+    pub fn object_store_url(&self) -> Result<String> {
+        match &self.object_store {
+            Some(url) => Ok(url.clone()),
+            None => {
+                let directory = self.data_dir.join("objects");
+                std::fs::create_dir_all(&directory)?;
+                let absolute = directory.canonicalize()?;
+                Ok(format!("file://{}", absolute.display()))
+            }
+        }
+    }
+}
+
+/// Run the MDS until `shutdown` turns true. `bound` receives the listening address.
+pub async fn run(config: MdsConfig, mut shutdown: watch::Receiver<bool>, bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
+    let url = config.object_store_url()?;
+    let objects = Arc::new(JournalStore::open(&url, &config.store_options).with_context(|| format!("opening object store {url}"))?);
+    let metastore: Arc<dyn MetaStore> = Arc::new(RocksStore::open(&config.data_dir.join("metastore"))?);
+    let recovered = recover(&metastore, &objects).await?;
+
+    let progress = Arc::new(PersistProgress::default());
+    progress.applied_seq.store(recovered.last_seq, Ordering::Relaxed);
+    progress.snapshot_seq.store(recovered.snapshot_seq, Ordering::Relaxed);
+    progress.segments_pending.store(recovered.segments_pending, Ordering::Relaxed);
+
+    let journal = JournalWriter::new(recovered.last_seq + 1);
+    let (durable_sender, durable_receiver) = mpsc::channel(DURABLE_BATCH_QUEUE_LENGTH_MAX);
+    let (drain_sender, drain_receiver) = watch::channel(false);
+    let writer_task = tokio::spawn(journal.clone().run(objects.clone(), durable_sender, drain_receiver.clone()));
+    let persister = Persister { metastore: metastore.clone(), objects: objects.clone(), config: config.persist.clone(), progress: progress.clone() };
+    let persister_task = tokio::spawn(persister.run(durable_receiver, drain_receiver));
+
+    let sessions = Sessions::new(config.lease, config.invalidation_ack_timeout);
+    let mds = Arc::new(Mds::new(recovered.namespace, journal.clone(), sessions, progress, url.clone()));
+    let reaper_task = tokio::spawn(reap_expired_sessions(mds.clone(), shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
+    std::fs::write(config.data_dir.join("mds.addr"), address.to_string())?;
+    tracing::info!(%address, object_store = %url, events_replayed = recovered.replayed_events, "cudele-mds serving");
+    println!("cudele-mds listening on {address}");
+    if let Some(bound) = bound {
+        let _ = bound.send(address);
+    }
+
+    let token = config.token.clone();
+    let authenticate = move |request: tonic::Request<()>| {
+        if let Some(expected) = &token {
+            let presented = request.metadata().get(AUTHORIZATION_HEADER).and_then(|value| value.to_str().ok());
+            if !token_matches(presented, expected) {
+                return Err(tonic::Status::unauthenticated("missing or wrong token"));
+            }
+        }
+        Ok(request)
+    };
+    let service = MdsServer::with_interceptor(MdsService { mds: mds.clone() }, authenticate);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("serving gRPC")?;
+
+    tracing::info!("shutting down: draining the journal");
+    let _ = drain_sender.send(true);
+    let _ = writer_task.await;
+    let _ = persister_task.await;
+    reaper_task.abort();
+    Ok(())
+}
+
+async fn reap_expired_sessions(mds: Arc<Mds>, mut shutdown: watch::Receiver<bool>) {
+    let period = (mds.sessions.lease / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
+        for session in mds.sessions.expired() {
+            tracing::info!(session, "session lease expired");
+            mds.expire_session(session).await;
+        }
+    }
+}
+
+/// Hold an exclusive lock on the data dir for the life of the process: two MDSs writing one
+/// journal would interleave sequence numbers.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    file.try_lock().map_err(|_| anyhow::anyhow!("{} is locked: another cudele-mds uses this data dir", path.display()))?;
+    Ok(file)
+}

@@ -1,0 +1,498 @@
+//! The gRPC service: decode a request, run it through [`Mds`], encode the reply. No
+//! filesystem semantics live here; errors map through `cudele_proto::status`.
+
+use crate::metrics_names;
+use crate::server::Mds;
+use cudele_journal::{AttrChanges, Event, SessionId, Timestamp, ROOT_INO};
+use cudele_namespace::namespace::INODE_RANGE_LENGTH_MAX;
+use cudele_namespace::{Namespace, NsError, NsResult};
+use cudele_proto::auth::SESSION_HEADER;
+use cudele_proto::convert::{
+    attr_to_wire, kind_from_wire, kind_to_wire, rename_mode_from_wire, time_from_wire, xattr_mode_from_wire,
+};
+use cudele_proto::pb::{self, mds_server};
+use cudele_proto::status_from_error;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Most entries one readdir reply carries.
+pub const READDIR_ENTRIES_MAX: usize = 4096;
+/// Capacity statfs reports: the object store has no fixed size, so report a large one.
+pub const STATFS_CAPACITY_BYTES: u64 = 1 << 50;
+pub const STATFS_CAPACITY_INODES: u64 = 1 << 40;
+pub const STATFS_BLOCK_SIZE_BYTES: u32 = 4096;
+
+pub struct MdsService {
+    pub mds: Arc<Mds>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// The session a request belongs to: 0 (no session) or a live one. A stale session id gets
+/// UNAUTHENTICATED so the client knows to open a new session.
+fn session_of<T>(mds: &Mds, request: &Request<T>) -> Result<SessionId, Status> {
+    let Some(value) = request.metadata().get(SESSION_HEADER) else { return Ok(0) };
+    let session: SessionId = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| Status::invalid_argument("malformed cudele-session header"))?;
+    if session != 0 && !mds.sessions.is_live(session) {
+        return Err(Status::unauthenticated(format!("session {session} is not live (expired or unknown)")));
+    }
+    Ok(session)
+}
+
+fn attr_reply(namespace: &Namespace, ino: u64) -> NsResult<pb::AttrReply> {
+    let record = namespace.record(ino)?;
+    Ok(pb::AttrReply { attr: Some(attr_to_wire(&record.attr, record.chunk_size_bytes)) })
+}
+
+fn created_ino(event: &Event) -> u64 {
+    match event {
+        Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } | Event::Link { ino, .. } => *ino,
+        _ => ROOT_INO,
+    }
+}
+
+/// Count, time and map the result of one operation.
+async fn instrumented<T>(
+    mds: &Mds,
+    operation: &'static str,
+    work: impl std::future::Future<Output = NsResult<T>>,
+) -> Reply<T> {
+    let started = Instant::now();
+    mds.count_operation(operation);
+    metrics::counter!(metrics_names::OPERATIONS_TOTAL, "op" => operation).increment(1);
+    let result = work.await;
+    metrics::histogram!(metrics_names::OPERATION_SECONDS, "op" => operation).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(reply) => Ok(Response::new(reply)),
+        Err(error) => {
+            metrics::counter!(metrics_names::OPERATION_ERRORS_TOTAL, "op" => operation).increment(1);
+            Err(status_from_error(error))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl mds_server::Mds for MdsService {
+    async fn open_session(&self, request: Request<pb::OpenSessionRequest>) -> Reply<pb::OpenSessionReply> {
+        let client = request.into_inner().client_name;
+        instrumented(&self.mds, "open_session", async {
+            let session = self.mds.open_session(client).await?;
+            Ok(pb::OpenSessionReply {
+                session,
+                lease_ms: self.mds.sessions.lease.as_millis() as u64,
+                object_store_url: self.mds.object_store_url.clone(),
+            })
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, request: Request<pb::Empty>) -> Reply<pb::Empty> {
+        let session = request
+            .metadata()
+            .get(SESSION_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<SessionId>().ok())
+            .ok_or_else(|| Status::invalid_argument("heartbeat without a cudele-session header"))?;
+        if self.mds.resume_session(session) {
+            Ok(Response::new(pb::Empty {}))
+        } else {
+            Err(Status::unauthenticated(format!("session {session} is not live (expired or unknown)")))
+        }
+    }
+
+    async fn close_session(&self, request: Request<pb::Empty>) -> Reply<pb::Empty> {
+        let session = session_of(&self.mds, &request)?;
+        instrumented(&self.mds, "close_session", async {
+            self.mds.close_session(session).await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    type SubscribeStream = ReceiverStream<Result<pb::Invalidation, Status>>;
+
+    async fn subscribe(&self, request: Request<pb::Empty>) -> Reply<Self::SubscribeStream> {
+        let session = session_of(&self.mds, &request)?;
+        if session == 0 {
+            return Err(Status::invalid_argument("subscribe needs a session"));
+        }
+        let receiver = self.mds.sessions.subscribe(session).ok_or_else(|| Status::unauthenticated("session is not live"))?;
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn ack_invalidation(&self, request: Request<pb::AckInvalidationRequest>) -> Reply<pb::Empty> {
+        let session = session_of(&self.mds, &request)?;
+        self.mds.sessions.acknowledge(session, request.into_inner().id);
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn lookup(&self, request: Request<pb::EntryRequest>) -> Reply<pb::AttrReply> {
+        let request = request.into_inner();
+        instrumented(&self.mds, "lookup", self.mds.read(|namespace| {
+            let attr = namespace.lookup(request.parent, &request.name)?;
+            attr_reply(namespace, attr.ino)
+        }))
+        .await
+    }
+
+    async fn get_attr(&self, request: Request<pb::InoRequest>) -> Reply<pb::AttrReply> {
+        let ino = request.into_inner().ino;
+        instrumented(&self.mds, "getattr", self.mds.read(|namespace| attr_reply(namespace, ino))).await
+    }
+
+    async fn set_attr(&self, request: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        let ino = request.ino;
+        instrumented(&self.mds, "setattr", self.mds.mutate(
+            origin,
+            |_| {
+                let time = Timestamp::now();
+                let changes = AttrChanges {
+                    mode: request.mode,
+                    uid: request.uid,
+                    gid: request.gid,
+                    size: request.size,
+                    atime: if request.atime_now { Some(time) } else { request.atime.map(|t| time_from_wire(Some(t))) },
+                    mtime: if request.mtime_now { Some(time) } else { request.mtime.map(|t| time_from_wire(Some(t))) },
+                };
+                Ok(Event::SetAttr { ino, changes, time })
+            },
+            |namespace, _| attr_reply(namespace, ino),
+        ))
+        .await
+        .and_then(flatten)
+    }
+
+    async fn create(&self, request: Request<pb::CreateRequest>) -> Reply<pb::AttrReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "create", async {
+            let kind = kind_from_wire(request.kind)?;
+            self.mds
+                .mutate(
+                    origin,
+                    |namespace| {
+                        Ok(Event::Create {
+                            parent: request.parent,
+                            name: request.name,
+                            ino: namespace.next_ino(),
+                            kind,
+                            mode: request.mode & 0o7777,
+                            uid: request.uid,
+                            gid: request.gid,
+                            rdev: request.rdev,
+                            time: Timestamp::now(),
+                        })
+                    },
+                    |namespace, event| attr_reply(namespace, created_ino(event)),
+                )
+                .await?
+        })
+        .await
+    }
+
+    async fn mkdir(&self, request: Request<pb::MkdirRequest>) -> Reply<pb::AttrReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "mkdir", async {
+            self.mds
+                .mutate(
+                    origin,
+                    |namespace| {
+                        Ok(Event::Mkdir {
+                            parent: request.parent,
+                            name: request.name,
+                            ino: namespace.next_ino(),
+                            mode: request.mode & 0o7777,
+                            uid: request.uid,
+                            gid: request.gid,
+                            time: Timestamp::now(),
+                        })
+                    },
+                    |namespace, event| attr_reply(namespace, created_ino(event)),
+                )
+                .await?
+        })
+        .await
+    }
+
+    async fn symlink(&self, request: Request<pb::SymlinkRequest>) -> Reply<pb::AttrReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "symlink", async {
+            self.mds
+                .mutate(
+                    origin,
+                    |namespace| {
+                        Ok(Event::Symlink {
+                            parent: request.parent,
+                            name: request.name,
+                            ino: namespace.next_ino(),
+                            target: request.target,
+                            uid: request.uid,
+                            gid: request.gid,
+                            time: Timestamp::now(),
+                        })
+                    },
+                    |namespace, event| attr_reply(namespace, created_ino(event)),
+                )
+                .await?
+        })
+        .await
+    }
+
+    async fn link(&self, request: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "link", async {
+            self.mds
+                .mutate(
+                    origin,
+                    |_| Ok(Event::Link { ino: request.ino, parent: request.new_parent, name: request.new_name, time: Timestamp::now() }),
+                    |namespace, event| attr_reply(namespace, created_ino(event)),
+                )
+                .await?
+        })
+        .await
+    }
+
+    async fn unlink(&self, request: Request<pb::EntryRequest>) -> Reply<pb::Empty> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "unlink", self.mds.mutate(
+            origin,
+            |_| Ok(Event::Unlink { parent: request.parent, name: request.name, time: Timestamp::now() }),
+            |_, _| pb::Empty {},
+        ))
+        .await
+    }
+
+    async fn rmdir(&self, request: Request<pb::EntryRequest>) -> Reply<pb::Empty> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "rmdir", self.mds.mutate(
+            origin,
+            |_| Ok(Event::Rmdir { parent: request.parent, name: request.name, time: Timestamp::now() }),
+            |_, _| pb::Empty {},
+        ))
+        .await
+    }
+
+    async fn rename(&self, request: Request<pb::RenameRequest>) -> Reply<pb::Empty> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "rename", async {
+            let mode = rename_mode_from_wire(request.mode)?;
+            self.mds
+                .mutate(
+                    origin,
+                    |_| {
+                        Ok(Event::Rename {
+                            source_parent: request.parent,
+                            source_name: request.name,
+                            target_parent: request.new_parent,
+                            target_name: request.new_name,
+                            mode,
+                            time: Timestamp::now(),
+                        })
+                    },
+                    |_, _| pb::Empty {},
+                )
+                .await
+        })
+        .await
+    }
+
+    async fn readlink(&self, request: Request<pb::InoRequest>) -> Reply<pb::ReadlinkReply> {
+        let ino = request.into_inner().ino;
+        instrumented(&self.mds, "readlink", self.mds.read(|namespace| {
+            Ok(pb::ReadlinkReply { target: namespace.readlink(ino)?.to_vec() })
+        }))
+        .await
+    }
+
+    async fn readdir(&self, request: Request<pb::ReaddirRequest>) -> Reply<pb::ReaddirReply> {
+        let request = request.into_inner();
+        let limit = (request.limit as usize).clamp(1, READDIR_ENTRIES_MAX);
+        instrumented(&self.mds, "readdir", self.mds.read(|namespace| {
+            let after = (!request.after.is_empty()).then_some(request.after.as_slice());
+            let entries = namespace.readdir(request.ino, after, limit + 1)?;
+            let end = entries.len() <= limit;
+            let entries = entries
+                .into_iter()
+                .take(limit)
+                .map(|entry| {
+                    let attr = if request.plus {
+                        namespace.record(entry.ino).ok().map(|record| attr_to_wire(&record.attr, record.chunk_size_bytes))
+                    } else {
+                        None
+                    };
+                    pb::DirEntry { name: entry.name, ino: entry.ino, kind: kind_to_wire(entry.kind) as i32, attr }
+                })
+                .collect();
+            Ok(pb::ReaddirReply { entries, end })
+        }))
+        .await
+    }
+
+    async fn get_xattr(&self, request: Request<pb::GetXattrRequest>) -> Reply<pb::XattrReply> {
+        let request = request.into_inner();
+        instrumented(&self.mds, "getxattr", self.mds.read(|namespace| {
+            Ok(pb::XattrReply { value: namespace.getxattr(request.ino, &request.name, request.size)?.to_vec() })
+        }))
+        .await
+    }
+
+    async fn list_xattr(&self, request: Request<pb::ListXattrRequest>) -> Reply<pb::XattrReply> {
+        let request = request.into_inner();
+        instrumented(&self.mds, "listxattr", self.mds.read(|namespace| {
+            Ok(pb::XattrReply { value: namespace.listxattr(request.ino, request.size)? })
+        }))
+        .await
+    }
+
+    async fn set_xattr(&self, request: Request<pb::SetXattrRequest>) -> Reply<pb::Empty> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "setxattr", async {
+            let mode = xattr_mode_from_wire(request.mode)?;
+            self.mds
+                .mutate(
+                    origin,
+                    |_| Ok(Event::SetXattr { ino: request.ino, name: request.name, value: request.value, mode, time: Timestamp::now() }),
+                    |_, _| pb::Empty {},
+                )
+                .await
+        })
+        .await
+    }
+
+    async fn remove_xattr(&self, request: Request<pb::RemoveXattrRequest>) -> Reply<pb::Empty> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "removexattr", self.mds.mutate(
+            origin,
+            |_| Ok(Event::RemoveXattr { ino: request.ino, name: request.name, time: Timestamp::now() }),
+            |_, _| pb::Empty {},
+        ))
+        .await
+    }
+
+    async fn statfs(&self, _request: Request<pb::Empty>) -> Reply<pb::StatfsReply> {
+        instrumented(&self.mds, "statfs", self.mds.read(|namespace| {
+            let inodes = namespace.inode_count();
+            let bytes = namespace.file_bytes();
+            Ok(pb::StatfsReply {
+                inodes,
+                bytes,
+                inodes_free: STATFS_CAPACITY_INODES.saturating_sub(inodes),
+                bytes_free: STATFS_CAPACITY_BYTES.saturating_sub(bytes),
+                block_size: STATFS_BLOCK_SIZE_BYTES,
+                name_max: cudele_journal::NAME_LENGTH_MAX_BYTES as u32,
+            })
+        }))
+        .await
+    }
+
+    async fn set_layout(&self, request: Request<pb::SetLayoutRequest>) -> Reply<pb::AttrReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        let ino = request.ino;
+        instrumented(&self.mds, "setlayout", self.mds.mutate(
+            origin,
+            |_| {
+                Ok(Event::SetLayout {
+                    ino,
+                    size: request.size,
+                    chunk_size_bytes: request.chunk_size_bytes,
+                    mtime: request.mtime.map(|t| time_from_wire(Some(t))).unwrap_or_else(Timestamp::now),
+                })
+            },
+            |namespace, _| attr_reply(namespace, ino),
+        ))
+        .await
+        .and_then(flatten)
+    }
+
+    async fn fsync(&self, request: Request<pb::InoRequest>) -> Reply<pb::Empty> {
+        let ino = request.into_inner().ino;
+        instrumented(&self.mds, "fsync", async {
+            // Every acknowledged change is already durable; this waits for anything the
+            // inode's state could depend on that is still in flight.
+            self.mds.read(|namespace| namespace.getattr(ino).map(|_| pb::Empty {})).await
+        })
+        .await
+    }
+
+    async fn allocate_inodes(&self, request: Request<pb::AllocateInodesRequest>) -> Reply<pb::InodeRangeReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let count = request.into_inner().count;
+        instrumented(&self.mds, "allocate_inodes", async {
+            if count == 0 || count > INODE_RANGE_LENGTH_MAX {
+                return Err(NsError::InvalidArgument("inode count out of range"));
+            }
+            self.mds
+                .mutate(
+                    origin,
+                    |namespace| Ok(Event::AllocateInodes { owner: origin, range: namespace.peek_range(count) }),
+                    |_, event| match event {
+                        Event::AllocateInodes { range, .. } => pb::InodeRangeReply { start: range.start, end: range.end },
+                        _ => pb::InodeRangeReply { start: 0, end: 0 },
+                    },
+                )
+                .await
+        })
+        .await
+    }
+
+    async fn status(&self, _request: Request<pb::Empty>) -> Reply<pb::StatusReply> {
+        let mds = &self.mds;
+        let progress = &mds.progress;
+        Ok(Response::new(pb::StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: mds.started.elapsed().as_millis() as u64,
+            sessions: mds
+                .sessions
+                .view()
+                .into_iter()
+                .map(|view| pb::SessionStatus {
+                    session: view.session,
+                    client_name: view.client,
+                    lease_remaining_ms: view.lease_remaining.as_millis() as u64,
+                })
+                .collect(),
+            inodes: mds.inode_count(),
+            journal_durable_seq: mds.journal.durable_seq(),
+            journal_events: mds.journal.events_written(),
+            journal_bytes: mds.journal.bytes_written(),
+            segments_pending: progress.segments_pending.load(Ordering::Relaxed),
+            store_applied_seq: progress.applied_seq.load(Ordering::Relaxed),
+            snapshot_seq: progress.snapshot_seq.load(Ordering::Relaxed),
+            operations: mds.operation_counts().into_iter().map(|(name, count)| (name.to_string(), count)).collect(),
+            object_store_url: mds.object_store_url.clone(),
+        }))
+    }
+
+    async fn dump(&self, _request: Request<pb::Empty>) -> Reply<pb::DumpReply> {
+        instrumented(&self.mds, "dump", self.mds.read(|namespace| {
+            Ok(pb::DumpReply {
+                dump: namespace.dump(),
+                invariant_violation: namespace.check_invariants().err().unwrap_or_default(),
+            })
+        }))
+        .await
+    }
+}
+
+/// Replies built under the lock may themselves fail (the inode vanished): surface that.
+fn flatten<T>(response: Response<NsResult<T>>) -> Reply<T> {
+    response.into_inner().map(Response::new).map_err(status_from_error)
+}

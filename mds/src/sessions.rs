@@ -1,0 +1,156 @@
+//! Live client sessions: leases, the invalidation push channel, and waiting for
+//! acknowledgements so a write returns only after every other client dropped what it cached.
+
+use crate::metrics_names;
+use cudele_journal::{Ino, SessionId};
+use cudele_proto::pb;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Invalidation batches queued per subscriber before it counts as unresponsive.
+pub const SUBSCRIBER_QUEUE_LENGTH_MAX: usize = 1024;
+
+pub type InvalidationSender = mpsc::Sender<Result<pb::Invalidation, tonic::Status>>;
+
+struct LiveSession {
+    client: String,
+    lease_expires: Instant,
+    subscriber: Option<InvalidationSender>,
+    waiting_acks: HashMap<u64, oneshot::Sender<()>>,
+}
+
+pub struct Sessions {
+    live: Mutex<HashMap<SessionId, LiveSession>>,
+    next_invalidation_id: AtomicU64,
+    pub lease: Duration,
+    pub ack_timeout: Duration,
+}
+
+/// What a session looks like to `cudele status`.
+pub struct SessionView {
+    pub session: SessionId,
+    pub client: String,
+    pub lease_remaining: Duration,
+}
+
+impl Sessions {
+    pub fn new(lease: Duration, ack_timeout: Duration) -> Self {
+        Sessions { live: Mutex::new(HashMap::new()), next_invalidation_id: AtomicU64::new(1), lease, ack_timeout }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, LiveSession>> {
+        self.live.lock().expect("sessions lock poisoned")
+    }
+
+    /// Start (or, after an MDS restart, resume) a session's lease.
+    pub fn activate(&self, session: SessionId, client: String) {
+        let lease_expires = Instant::now() + self.lease;
+        self.lock().insert(session, LiveSession { client, lease_expires, subscriber: None, waiting_acks: HashMap::new() });
+        metrics::gauge!(metrics_names::SESSIONS).set(self.lock().len() as f64);
+    }
+
+    /// Renew the lease; false if the session is not live (expired or unknown).
+    pub fn renew(&self, session: SessionId) -> bool {
+        match self.lock().get_mut(&session) {
+            Some(live) => {
+                live.lease_expires = Instant::now() + self.lease;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn is_live(&self, session: SessionId) -> bool {
+        self.lock().contains_key(&session)
+    }
+
+    pub fn remove(&self, session: SessionId) -> bool {
+        let removed = self.lock().remove(&session).is_some();
+        metrics::gauge!(metrics_names::SESSIONS).set(self.lock().len() as f64);
+        removed
+    }
+
+    /// Sessions whose lease ran out.
+    pub fn expired(&self) -> Vec<SessionId> {
+        let now = Instant::now();
+        self.lock().iter().filter(|(_, live)| live.lease_expires <= now).map(|(session, _)| *session).collect()
+    }
+
+    pub fn subscribe(&self, session: SessionId) -> Option<mpsc::Receiver<Result<pb::Invalidation, tonic::Status>>> {
+        let mut live = self.lock();
+        let entry = live.get_mut(&session)?;
+        let (sender, receiver) = mpsc::channel(SUBSCRIBER_QUEUE_LENGTH_MAX);
+        entry.subscriber = Some(sender);
+        entry.waiting_acks.clear();
+        Some(receiver)
+    }
+
+    pub fn acknowledge(&self, session: SessionId, id: u64) {
+        if let Some(waiter) = self.lock().get_mut(&session).and_then(|live| live.waiting_acks.remove(&id)) {
+            let _ = waiter.send(());
+        }
+    }
+
+    pub fn view(&self) -> Vec<SessionView> {
+        let now = Instant::now();
+        let mut views: Vec<SessionView> = self
+            .lock()
+            .iter()
+            .map(|(session, live)| SessionView {
+                session: *session,
+                client: live.client.clone(),
+                lease_remaining: live.lease_expires.saturating_duration_since(now),
+            })
+            .collect();
+        views.sort_by_key(|view| view.session);
+        views
+    }
+
+    /// Tell every subscribed session but `origin` to drop `inodes` and `entries`, and wait
+    /// for their acknowledgements. Returns the sessions that did not acknowledge in time;
+    /// the caller expires them, since their caches can no longer be trusted.
+    pub async fn invalidate(&self, origin: SessionId, inodes: Vec<Ino>, entries: Vec<(Ino, Vec<u8>)>) -> Vec<SessionId> {
+        if inodes.is_empty() && entries.is_empty() {
+            return Vec::new();
+        }
+        let mut waits = Vec::new();
+        let mut unresponsive = Vec::new();
+        {
+            let mut live = self.lock();
+            for (session, state) in live.iter_mut() {
+                if *session == origin {
+                    continue;
+                }
+                let Some(subscriber) = &state.subscriber else { continue };
+                let id = self.next_invalidation_id.fetch_add(1, Ordering::Relaxed);
+                let message = pb::Invalidation {
+                    id,
+                    inodes: inodes.clone(),
+                    entries: entries
+                        .iter()
+                        .map(|(parent, name)| pb::EntryInvalidation { parent: *parent, name: name.clone() })
+                        .collect(),
+                };
+                let (sender, receiver) = oneshot::channel();
+                if subscriber.try_send(Ok(message)).is_err() {
+                    unresponsive.push(*session);
+                    continue;
+                }
+                state.waiting_acks.insert(id, sender);
+                waits.push((*session, receiver));
+            }
+        }
+        metrics::counter!(metrics_names::INVALIDATIONS_TOTAL).increment(waits.len() as u64);
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        for (session, receiver) in waits {
+            match tokio::time::timeout_at(deadline, receiver).await {
+                Ok(Ok(())) => {}
+                _ => unresponsive.push(session),
+            }
+        }
+        unresponsive
+    }
+}
