@@ -11,8 +11,8 @@ use bincode::config::{Configuration, LittleEndian, Varint};
 
 use crate::error::JournalError;
 use crate::event::{
-    Event, FileKind, Ino, Record, Timestamp, NAME_LENGTH_MAX_BYTES,
-    SYMLINK_TARGET_LENGTH_MAX_BYTES, XATTR_VALUE_LENGTH_MAX_BYTES,
+    Event, FileKind, Ino, Record, Timestamp, NAME_LENGTH_MAX_BYTES, SYMLINK_TARGET_LENGTH_MAX_BYTES,
+    XATTR_VALUE_LENGTH_MAX_BYTES,
 };
 
 /// Version of the payload encoding; bump it (and keep a decoder for the old one) whenever the
@@ -36,8 +36,7 @@ pub const XATTR_NAME_LENGTH_MAX_BYTES: usize = 255;
 const NANOSECONDS_PER_SECOND: u32 = 1_000_000_000;
 const PERMISSION_BITS_MASK: u32 = 0o7777;
 
-type DecodeConfiguration =
-    Configuration<LittleEndian, Varint, bincode::config::Limit<RECORD_PAYLOAD_LENGTH_MAX_BYTES>>;
+type DecodeConfiguration = Configuration<LittleEndian, Varint, bincode::config::Limit<RECORD_PAYLOAD_LENGTH_MAX_BYTES>>;
 
 /// Decoding claims at most the payload limit, so a corrupt length prefix inside a record
 /// fails instead of allocating gigabytes.
@@ -60,14 +59,10 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
 pub fn decode_record(payload: &[u8]) -> Result<Record, JournalError> {
     let (&version, encoded) = payload.split_first().ok_or(JournalError::EmptyPayload)?;
     if version != EVENT_FORMAT_VERSION {
-        return Err(JournalError::UnsupportedEventFormat {
-            found: version,
-            supported: EVENT_FORMAT_VERSION,
-        });
+        return Err(JournalError::UnsupportedEventFormat { found: version, supported: EVENT_FORMAT_VERSION });
     }
-    let (record, read_bytes): (Record, usize) =
-        bincode::decode_from_slice(encoded, DECODE_CONFIGURATION)
-            .map_err(|cause| JournalError::Undecodable { cause })?;
+    let (record, read_bytes): (Record, usize) = bincode::decode_from_slice(encoded, DECODE_CONFIGURATION)
+        .map_err(|cause| JournalError::Undecodable { cause })?;
     if read_bytes != encoded.len() {
         return Err(JournalError::TrailingBytes { trailing_bytes: encoded.len() - read_bytes });
     }
@@ -336,7 +331,11 @@ mod tests {
                 "changes.mode",
             ),
             (
-                Event::RemoveXattr { ino: 2, name: b"user.a".to_vec(), time: Timestamp { seconds: 0, nanoseconds: NANOSECONDS_PER_SECOND } },
+                Event::RemoveXattr {
+                    ino: 2,
+                    name: b"user.a".to_vec(),
+                    time: Timestamp { seconds: 0, nanoseconds: NANOSECONDS_PER_SECOND },
+                },
                 "time has 1000000000 nanoseconds",
             ),
             (Event::AllocateInodes { owner: 1, range: InodeRange { start: 10, end: 5 } }, "reversed"),

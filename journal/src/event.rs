@@ -31,9 +31,7 @@ pub struct Timestamp {
 
 impl Timestamp {
     pub fn now() -> Self {
-        let since_epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Timestamp { seconds: since_epoch.as_secs() as i64, nanoseconds: since_epoch.subsec_nanos() }
     }
 }
@@ -120,12 +118,41 @@ pub enum Event {
         rdev: u32,
         time: Timestamp,
     },
-    Mkdir { parent: Ino, name: Vec<u8>, ino: Ino, mode: u32, uid: u32, gid: u32, time: Timestamp },
-    Symlink { parent: Ino, name: Vec<u8>, ino: Ino, target: Vec<u8>, uid: u32, gid: u32, time: Timestamp },
+    Mkdir {
+        parent: Ino,
+        name: Vec<u8>,
+        ino: Ino,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        time: Timestamp,
+    },
+    Symlink {
+        parent: Ino,
+        name: Vec<u8>,
+        ino: Ino,
+        target: Vec<u8>,
+        uid: u32,
+        gid: u32,
+        time: Timestamp,
+    },
     /// A new hard link `parent/name` to the existing non-directory `ino`.
-    Link { ino: Ino, parent: Ino, name: Vec<u8>, time: Timestamp },
-    Unlink { parent: Ino, name: Vec<u8>, time: Timestamp },
-    Rmdir { parent: Ino, name: Vec<u8>, time: Timestamp },
+    Link {
+        ino: Ino,
+        parent: Ino,
+        name: Vec<u8>,
+        time: Timestamp,
+    },
+    Unlink {
+        parent: Ino,
+        name: Vec<u8>,
+        time: Timestamp,
+    },
+    Rmdir {
+        parent: Ino,
+        name: Vec<u8>,
+        time: Timestamp,
+    },
     Rename {
         source_parent: Ino,
         source_name: Vec<u8>,
@@ -134,23 +161,61 @@ pub enum Event {
         mode: RenameMode,
         time: Timestamp,
     },
-    SetAttr { ino: Ino, changes: AttrChanges, time: Timestamp },
-    SetXattr { ino: Ino, name: Vec<u8>, value: Vec<u8>, mode: XattrMode, time: Timestamp },
-    RemoveXattr { ino: Ino, name: Vec<u8>, time: Timestamp },
+    SetAttr {
+        ino: Ino,
+        changes: AttrChanges,
+        time: Timestamp,
+    },
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        mode: XattrMode,
+        time: Timestamp,
+    },
+    RemoveXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        time: Timestamp,
+    },
     /// The client wrote file data: the new size and modification time (data chunks are in
     /// the object store, keyed by inode; see the client's data module).
-    SetLayout { ino: Ino, size: u64, chunk_size_bytes: u32, mtime: Timestamp },
+    SetLayout {
+        ino: Ino,
+        size: u64,
+        chunk_size_bytes: u32,
+        mtime: Timestamp,
+    },
     /// The directory `ino` is decoupled: `owner` applies its subtree locally, allocating
     /// inodes from `range`, under `policy` (the policies.yml text).
-    Decouple { ino: Ino, owner: SessionId, range: InodeRange, policy: Vec<u8> },
+    Decouple {
+        ino: Ino,
+        owner: SessionId,
+        range: InodeRange,
+        policy: Vec<u8>,
+    },
     /// The decoupled subtree at `ino` returns to the MDS.
-    Recouple { ino: Ino },
+    Recouple {
+        ino: Ino,
+    },
     /// Attach (Some) or remove (None) a policies.yml on directory `ino`.
-    SetPolicy { ino: Ino, policy: Option<Vec<u8>> },
+    SetPolicy {
+        ino: Ino,
+        policy: Option<Vec<u8>>,
+    },
     /// The MDS handed `range` to `owner` (so it is never handed out again).
-    AllocateInodes { owner: SessionId, range: InodeRange },
-    SessionOpen { session: SessionId, client: Vec<u8>, time: Timestamp },
-    SessionClose { session: SessionId },
+    AllocateInodes {
+        owner: SessionId,
+        range: InodeRange,
+    },
+    SessionOpen {
+        session: SessionId,
+        client: Vec<u8>,
+        time: Timestamp,
+    },
+    SessionClose {
+        session: SessionId,
+    },
 }
 
 impl Event {

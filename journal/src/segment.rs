@@ -85,10 +85,7 @@ impl SegmentHeader {
         // The version decides the layout of the rest, so it is checked before the checksum.
         let version = read_u16(header, 8);
         if version != SEGMENT_FORMAT_VERSION {
-            return Err(JournalError::UnsupportedSegmentVersion {
-                found: version,
-                supported: SEGMENT_FORMAT_VERSION,
-            });
+            return Err(JournalError::UnsupportedSegmentVersion { found: version, supported: SEGMENT_FORMAT_VERSION });
         }
         let stored = read_u32(header, HEADER_CHECKSUMMED_BYTES);
         let computed = crc32c::crc32c(&header[..HEADER_CHECKSUMMED_BYTES]);
@@ -113,7 +110,8 @@ impl SegmentHeader {
         if self.first_seq == 0 {
             return Err(invalid_header("first_seq is 0 (sequences start at 1)".into()));
         }
-        let expected_count = (self.last_seq + 1).checked_sub(self.first_seq);
+        // last_seq - first_seq + 1, written so that no header value can overflow it.
+        let expected_count = self.last_seq.checked_sub(self.first_seq - 1);
         if expected_count != Some(u64::from(self.record_count)) {
             return Err(invalid_header(format!(
                 "record count {} does not match the range {}..={}",
@@ -228,9 +226,8 @@ impl<'a> Iterator for FrameReader<'a> {
                 limit_bytes: self.payload_length_max_bytes as u64,
             });
         }
-        let Some(payload) = remainder.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + length_bytes) else {
-            return None;
-        };
+        // Fewer bytes than the frame needs: a torn tail, which ends the iteration cleanly.
+        let payload = remainder.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + length_bytes)?;
         let stored = read_u32(remainder, 4);
         let computed = crc32c::crc32c(payload);
         if stored != computed {
@@ -285,7 +282,7 @@ impl SegmentBuilder {
         let checksum = crc32c::crc32c(&self.bytes[payload_start..]);
         self.bytes[frame_start..frame_start + 4].copy_from_slice(&(payload_length as u32).to_le_bytes());
         self.bytes[frame_start + 4..payload_start].copy_from_slice(&checksum.to_le_bytes());
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.checked_add(1).expect("journal sequence numbers exhausted");
         self.record_count += 1;
         Ok(())
     }
@@ -359,9 +356,12 @@ pub fn read_segment(bytes: &[u8]) -> Result<SegmentContents, JournalError> {
         let frame = frame?;
         let corrupt = |reason| JournalError::Corrupt { offset: frame.offset, reason };
         if records.len() == announced_records {
-            return Err(corrupt(FrameCorruption::TrailingBytes { extra_bytes: (body_offset + available_bytes) - frame.offset }));
+            return Err(corrupt(FrameCorruption::TrailingBytes {
+                extra_bytes: (body_offset + available_bytes) - frame.offset,
+            }));
         }
-        let record = decode_record(frame.payload).map_err(|error| corrupt(FrameCorruption::Undecodable { error: Box::new(error) }))?;
+        let record = decode_record(frame.payload)
+            .map_err(|error| corrupt(FrameCorruption::Undecodable { error: Box::new(error) }))?;
         let expected = header.first_seq + records.len() as u64;
         if record.seq != expected {
             if record.seq < header.first_seq || record.seq > header.last_seq {
@@ -496,6 +496,8 @@ mod tests {
             header[20..28].copy_from_slice(&u64::MAX.to_le_bytes());
         });
         assert!(matches!(read_segment(&zero_start), Err(JournalError::InvalidHeader { .. })));
+        let huge_range = with_header(segment(1, 0), |header| header[20..28].copy_from_slice(&u64::MAX.to_le_bytes()));
+        assert!(matches!(read_segment(&huge_range), Err(JournalError::InvalidHeader { .. })));
         assert!(matches!(read_segment(&segment(1, 1)[..10]), Err(JournalError::TruncatedHeader { .. })));
     }
 
@@ -571,9 +573,14 @@ mod tests {
         let mut payload = Vec::new();
         encode_record(&record(9), &mut payload);
         encode_frame(&payload, &mut bytes);
-        let bytes = with_header(bytes, |header| header[32..40].copy_from_slice(&((payload.len() + FRAME_HEADER_BYTES) as u64).to_le_bytes()));
+        let bytes = with_header(bytes, |header| {
+            header[32..40].copy_from_slice(&((payload.len() + FRAME_HEADER_BYTES) as u64).to_le_bytes())
+        });
         let error = read_segment(&bytes).expect_err("outside range");
-        assert!(matches!(error, JournalError::Corrupt { reason: FrameCorruption::OutsideHeaderRange { seq: 9, .. }, .. }));
+        assert!(matches!(
+            error,
+            JournalError::Corrupt { reason: FrameCorruption::OutsideHeaderRange { seq: 9, .. }, .. }
+        ));
     }
 
     /// Pushing out of order is a caller bug and panics.
@@ -588,7 +595,8 @@ mod tests {
     #[test]
     fn push_invalid_event_refused() {
         let mut builder = SegmentBuilder::new(1);
-        let invalid = Record { seq: 1, event: Event::Rmdir { parent: 1, name: b"a/b".to_vec(), time: Timestamp::default() } };
+        let invalid =
+            Record { seq: 1, event: Event::Rmdir { parent: 1, name: b"a/b".to_vec(), time: Timestamp::default() } };
         assert!(matches!(builder.push(&invalid), Err(JournalError::InvalidEvent { .. })));
         assert_eq!((builder.next_seq(), builder.encoded_bytes()), (1, SEGMENT_HEADER_BYTES));
         builder.push(&record(1)).expect("valid record");

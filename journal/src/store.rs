@@ -54,6 +54,7 @@ impl fmt::Debug for StoreOptions {
 }
 
 /// Where a store URL points.
+#[derive(Debug)]
 enum StoreLocation {
     Memory,
     Local(PathBuf),
@@ -76,7 +77,8 @@ fn parse_store_url(url: &str) -> Result<StoreLocation, JournalError> {
     match parsed.scheme() {
         "memory" => Ok(StoreLocation::Memory),
         "file" => {
-            let path = parsed.to_file_path().map_err(|()| invalid(format!("not a local absolute path; {SUPPORTED_URLS}")))?;
+            let path =
+                parsed.to_file_path().map_err(|()| invalid(format!("not a local absolute path; {SUPPORTED_URLS}")))?;
             Ok(StoreLocation::Local(path))
         }
         "s3" => {
@@ -102,7 +104,12 @@ pub fn open_object_store(url: &str, options: &StoreOptions) -> Result<Arc<dyn Ob
     Ok(JournalStore::open(url, options)?.inner)
 }
 
-fn open_s3(url: &str, bucket: &str, prefix: Option<&str>, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, JournalError> {
+fn open_s3(
+    url: &str,
+    bucket: &str,
+    prefix: Option<&str>,
+    options: &StoreOptions,
+) -> Result<Arc<dyn ObjectStore>, JournalError> {
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_endpoint(endpoint);
@@ -187,8 +194,11 @@ impl JournalStore {
         let root = root.as_ref();
         create_directory_durably(root)?;
         let root = std::fs::canonicalize(root).map_err(io_error("canonicalize", root))?;
-        let filesystem = LocalFileSystem::new_with_prefix(&root)
-            .map_err(|cause| JournalError::ObjectStore { operation: "open", path: root.display().to_string(), cause })?;
+        let filesystem = LocalFileSystem::new_with_prefix(&root).map_err(|cause| JournalError::ObjectStore {
+            operation: "open",
+            path: root.display().to_string(),
+            cause,
+        })?;
         let filesystem = Arc::new(filesystem);
         Ok(JournalStore {
             inner: filesystem.clone(),
@@ -236,10 +246,15 @@ impl JournalStore {
             }
             None => {
                 let options = PutOptions { mode, ..PutOptions::default() };
-                self.inner
-                    .put_opts(&location, PutPayload::from_bytes(bytes), options)
-                    .await
-                    .map_err(|cause| store_error("put", path, cause))?;
+                self.inner.put_opts(&location, PutPayload::from_bytes(bytes), options).await.map_err(|cause| {
+                    match cause {
+                        // Nothing is missing but the bucket itself: keep the store's words for it.
+                        object_store::Error::NotFound { .. } => {
+                            JournalError::ObjectStore { operation: "put", path: path.to_owned(), cause }
+                        }
+                        cause => store_error("put", path, cause),
+                    }
+                })?;
                 Ok(())
             }
         }
@@ -294,17 +309,22 @@ impl JournalStore {
 
 impl LocalDirectory {
     fn file_path(&self, location: &ObjectPath) -> Result<PathBuf, JournalError> {
-        self.filesystem
-            .path_to_filesystem(location)
-            .map_err(|cause| store_error("map", location.as_ref(), cause))
+        self.filesystem.path_to_filesystem(location).map_err(|cause| store_error("map", location.as_ref(), cause))
     }
 
     /// Staging file, fsync, rename (or link, when not replacing), fsync of the directory.
-    fn write_durably(&self, path: &str, location: &ObjectPath, bytes: &[u8], replace: bool) -> Result<(), JournalError> {
+    fn write_durably(
+        &self,
+        path: &str,
+        location: &ObjectPath,
+        bytes: &[u8],
+        replace: bool,
+    ) -> Result<(), JournalError> {
         let target = self.file_path(location)?;
-        let directory = target
-            .parent()
-            .ok_or_else(|| JournalError::InvalidObjectPath { path: path.to_owned(), reason: "no parent directory".into() })?;
+        let directory = target.parent().ok_or_else(|| JournalError::InvalidObjectPath {
+            path: path.to_owned(),
+            reason: "no parent directory".into(),
+        })?;
         self.ensure_durable_directory(directory)?;
         let (mut staging_file, staging_path) = create_staging_file(&target)?;
         let result = (|| {
@@ -395,9 +415,7 @@ fn create_directory_durably(directory: &FilesystemPath) -> Result<(), JournalErr
 }
 
 fn sync_directory(directory: &FilesystemPath) -> Result<(), JournalError> {
-    std::fs::File::open(directory)
-        .and_then(|handle| handle.sync_all())
-        .map_err(io_error("fsync directory", directory))
+    std::fs::File::open(directory).and_then(|handle| handle.sync_all()).map_err(io_error("fsync directory", directory))
 }
 
 fn object_path(path: &str) -> Result<ObjectPath, JournalError> {
@@ -409,6 +427,13 @@ fn object_path(path: &str) -> Result<ObjectPath, JournalError> {
     // Path::parse drops a leading '/'; refuse it so one object has one spelling.
     if location.as_ref() != path {
         return Err(invalid("not in canonical form (no leading or trailing '/')".to_owned()));
+    }
+    if location
+        .filename()
+        .and_then(|name| name.rsplit_once('#'))
+        .is_some_and(|(_, suffix)| !suffix.is_empty() && suffix.bytes().all(|byte| byte.is_ascii_digit()))
+    {
+        return Err(invalid("names ending in '#<digits>' are reserved for local staging files".to_owned()));
     }
     Ok(location)
 }
@@ -452,16 +477,24 @@ mod tests {
     #[test]
     fn parse_urls() {
         assert!(matches!(parse_store_url("memory://"), Ok(StoreLocation::Memory)));
-        assert!(matches!(parse_store_url("file:///var/lib/cudele"), Ok(StoreLocation::Local(path)) if path == FilesystemPath::new("/var/lib/cudele")));
-        assert!(matches!(parse_store_url("/var/lib/cudele"), Ok(StoreLocation::Local(path)) if path == FilesystemPath::new("/var/lib/cudele")));
-        assert!(matches!(parse_store_url("data/store"), Ok(StoreLocation::Local(path)) if path == FilesystemPath::new("data/store")));
-        assert!(matches!(parse_store_url("s3://bucket"), Ok(StoreLocation::S3 { bucket, prefix: None }) if bucket == "bucket"));
+        assert!(
+            matches!(parse_store_url("file:///var/lib/cudele"), Ok(StoreLocation::Local(path)) if path == FilesystemPath::new("/var/lib/cudele"))
+        );
+        assert!(
+            matches!(parse_store_url("/var/lib/cudele"), Ok(StoreLocation::Local(path)) if path == FilesystemPath::new("/var/lib/cudele"))
+        );
+        assert!(
+            matches!(parse_store_url("data/store"), Ok(StoreLocation::Local(path)) if path == FilesystemPath::new("data/store"))
+        );
+        assert!(
+            matches!(parse_store_url("s3://bucket"), Ok(StoreLocation::S3 { bucket, prefix: None }) if bucket == "bucket")
+        );
         assert!(matches!(
             parse_store_url("s3://bucket/a/b/"),
             Ok(StoreLocation::S3 { bucket, prefix: Some(prefix) }) if bucket == "bucket" && prefix == "a/b"
         ));
         for bad in ["", "gs://bucket", "s3:///prefix", "file://host/x"] {
-            let error = parse_store_url(bad).err().expect("unsupported URL");
+            let error = parse_store_url(bad).expect_err("unsupported URL");
             assert!(error.to_string().contains("object store URL"), "{error}");
         }
     }

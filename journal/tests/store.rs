@@ -72,7 +72,7 @@ fn open_object_store_schemes() {
     let options = StoreOptions::default();
     assert!(open_object_store("memory://", &options).is_ok());
     assert!(open_object_store(&directory.path().display().to_string(), &options).is_ok());
-    let error = open_object_store("ftp://host/dir", &options).err().expect("unknown scheme");
+    let error = open_object_store("ftp://host/dir", &options).expect_err("unknown scheme");
     assert!(matches!(error, JournalError::InvalidStoreUrl { .. }));
     assert!(error.to_string().contains("unknown scheme \"ftp\""), "{error}");
 }

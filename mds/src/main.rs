@@ -60,7 +60,10 @@ fn main() -> Result<()> {
         .init();
     let options = Options::parse();
     let token = match &options.token_file {
-        Some(path) => Some(cudele_proto::auth::read_token_file(path).with_context(|| format!("reading token file {}", path.display()))?),
+        Some(path) => Some(
+            cudele_proto::auth::read_token_file(path)
+                .with_context(|| format!("reading token file {}", path.display()))?,
+        ),
         None => None,
     };
     let config = MdsConfig {

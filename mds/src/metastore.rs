@@ -120,7 +120,9 @@ impl MetaStore for MemoryStore {
 pub fn load_namespace(store: &dyn MetaStore) -> Result<cudele_namespace::Namespace> {
     let mut values = Vec::new();
     store.scan(&mut |key, value| {
-        values.push(cudele_namespace::decode_entry(key, value).map_err(|error| anyhow::anyhow!("metadata store: {error}"))?);
+        values.push(
+            cudele_namespace::decode_entry(key, value).map_err(|error| anyhow::anyhow!("metadata store: {error}"))?,
+        );
         Ok(())
     })?;
     cudele_namespace::Namespace::from_store_values(values).map_err(|error| anyhow::anyhow!("metadata store: {error}"))
@@ -141,7 +143,17 @@ mod tests {
         let time = Timestamp { seconds: 2, nanoseconds: 5 };
         let events = [
             Event::Mkdir { parent: 1, name: b"d".to_vec(), ino: 2, mode: 0o755, uid: 0, gid: 0, time },
-            Event::Create { parent: 2, name: b"f".to_vec(), ino: 3, kind: cudele_journal::FileKind::Regular, mode: 0o644, uid: 1, gid: 1, rdev: 0, time },
+            Event::Create {
+                parent: 2,
+                name: b"f".to_vec(),
+                ino: 3,
+                kind: cudele_journal::FileKind::Regular,
+                mode: 0o644,
+                uid: 1,
+                gid: 1,
+                rdev: 0,
+                time,
+            },
             Event::Link { ino: 3, parent: 1, name: b"g".to_vec(), time },
             Event::Unlink { parent: 2, name: b"f".to_vec(), time },
         ];

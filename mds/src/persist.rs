@@ -6,7 +6,9 @@
 use crate::journal_writer::DurableBatch;
 use crate::metastore::MetaStore;
 use crate::metrics_names;
-use crate::snapshot::{encode_snapshot, parse_snapshot_object_name, snapshot_object_name, SNAPSHOTS_KEPT, SNAPSHOT_PREFIX};
+use crate::snapshot::{
+    encode_snapshot, parse_snapshot_object_name, snapshot_object_name, SNAPSHOTS_KEPT, SNAPSHOT_PREFIX,
+};
 use anyhow::{Context, Result};
 use cudele_journal::segment::parse_segment_object_name;
 use cudele_journal::store::JournalStore;
@@ -74,7 +76,10 @@ impl Persister {
             }
             let applied = self.progress.applied_seq.load(Ordering::Relaxed);
             let snapshot_due = stop || last_snapshot.elapsed() >= self.config.snapshot_interval;
-            if snapshot_due && applied > self.progress.snapshot_seq.load(Ordering::Relaxed) && pending_last_seq.is_none() {
+            if snapshot_due
+                && applied > self.progress.snapshot_seq.load(Ordering::Relaxed)
+                && pending_last_seq.is_none()
+            {
                 last_snapshot = Instant::now();
                 if let Err(error) = self.snapshot_and_trim(applied).await {
                     tracing::error!(%error, "snapshot failed; journal segments are kept");

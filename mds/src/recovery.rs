@@ -32,11 +32,13 @@ pub struct Recovered {
 
 fn store_is_empty(metastore: &dyn MetaStore) -> Result<bool> {
     let mut empty = true;
-    metastore.scan(&mut |_, _| {
-        empty = false;
-        // Stop at the first key: an error ends the scan early and is recognised below.
-        Err(anyhow::anyhow!(StopScan))
-    }).or_else(|error| if error.is::<StopScan>() { Ok(()) } else { Err(error) })?;
+    metastore
+        .scan(&mut |_, _| {
+            empty = false;
+            // Stop at the first key: an error ends the scan early and is recognised below.
+            Err(anyhow::anyhow!(StopScan))
+        })
+        .or_else(|error| if error.is::<StopScan>() { Ok(()) } else { Err(error) })?;
     Ok(empty)
 }
 
@@ -60,7 +62,8 @@ pub async fn recover(metastore: &Arc<dyn MetaStore>, objects: &JournalStore) -> 
                 if recorded_seq != seq {
                     bail!("{name} records sequence number {recorded_seq}, its name says {seq}");
                 }
-                let namespace = Namespace::from_store_values(values).map_err(|error| anyhow::anyhow!("{name}: {error}"))?;
+                let namespace =
+                    Namespace::from_store_values(values).map_err(|error| anyhow::anyhow!("{name}: {error}"))?;
                 snapshot_seq = seq;
                 (namespace, seq)
             }
@@ -111,7 +114,11 @@ pub async fn recover(metastore: &Arc<dyn MetaStore>, objects: &JournalStore) -> 
                 bail!("journal gap in {name}: expected event {expected}, found {}. Refusing to start.", record.seq);
             }
             let touched = namespace.apply(&record.event).map_err(|error| {
-                anyhow::anyhow!("replaying event {} ({}) from {name} failed: {error}. Refusing to start.", record.seq, record.event.kind_name())
+                anyhow::anyhow!(
+                    "replaying event {} ({}) from {name} failed: {error}. Refusing to start.",
+                    record.seq,
+                    record.event.kind_name()
+                )
             })?;
             pending.extend(namespace.store_ops(&touched));
             replayed_events += 1;
@@ -128,7 +135,9 @@ pub async fn recover(metastore: &Arc<dyn MetaStore>, objects: &JournalStore) -> 
     if !pending.is_empty() || last_seq != applied {
         metastore.apply_batch(&pending, last_seq)?;
     }
-    namespace.check_invariants().map_err(|violation| anyhow::anyhow!("recovered namespace is inconsistent: {violation}"))?;
+    namespace
+        .check_invariants()
+        .map_err(|violation| anyhow::anyhow!("recovered namespace is inconsistent: {violation}"))?;
     tracing::info!(applied, last_seq, replayed_events, snapshot_seq, "recovered");
     let segments_pending = segments.len() as u64;
     Ok(Recovered { namespace, last_seq, snapshot_seq, segments_pending, replayed_events })

@@ -53,11 +53,18 @@ impl MdsConfig {
 }
 
 /// Run the MDS until `shutdown` turns true. `bound` receives the listening address.
-pub async fn run(config: MdsConfig, mut shutdown: watch::Receiver<bool>, bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+pub async fn run(
+    config: MdsConfig,
+    mut shutdown: watch::Receiver<bool>,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let url = config.object_store_url()?;
-    let objects = Arc::new(JournalStore::open(&url, &config.store_options).with_context(|| format!("opening object store {url}"))?);
+    let objects = Arc::new(
+        JournalStore::open(&url, &config.store_options).with_context(|| format!("opening object store {url}"))?,
+    );
     let metastore: Arc<dyn MetaStore> = Arc::new(RocksStore::open(&config.data_dir.join("metastore"))?);
     let recovered = recover(&metastore, &objects).await?;
 
@@ -70,14 +77,20 @@ pub async fn run(config: MdsConfig, mut shutdown: watch::Receiver<bool>, bound: 
     let (durable_sender, durable_receiver) = mpsc::channel(DURABLE_BATCH_QUEUE_LENGTH_MAX);
     let (drain_sender, drain_receiver) = watch::channel(false);
     let writer_task = tokio::spawn(journal.clone().run(objects.clone(), durable_sender, drain_receiver.clone()));
-    let persister = Persister { metastore: metastore.clone(), objects: objects.clone(), config: config.persist.clone(), progress: progress.clone() };
+    let persister = Persister {
+        metastore: metastore.clone(),
+        objects: objects.clone(),
+        config: config.persist.clone(),
+        progress: progress.clone(),
+    };
     let persister_task = tokio::spawn(persister.run(durable_receiver, drain_receiver));
 
     let sessions = Sessions::new(config.lease, config.invalidation_ack_timeout);
     let mds = Arc::new(Mds::new(recovered.namespace, journal.clone(), sessions, progress, url.clone()));
     let reaper_task = tokio::spawn(reap_expired_sessions(mds.clone(), shutdown.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
     std::fs::write(config.data_dir.join("mds.addr"), address.to_string())?;
     tracing::info!(%address, object_store = %url, events_replayed = recovered.replayed_events, "cudele-mds serving");
@@ -135,6 +148,7 @@ async fn reap_expired_sessions(mds: Arc<Mds>, mut shutdown: watch::Receiver<bool
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
     let path = data_dir.join("LOCK");
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-    file.try_lock().map_err(|_| anyhow::anyhow!("{} is locked: another cudele-mds uses this data dir", path.display()))?;
+    file.try_lock()
+        .map_err(|_| anyhow::anyhow!("{} is locked: another cudele-mds uses this data dir", path.display()))?;
     Ok(file)
 }

@@ -9,7 +9,7 @@ use crate::journal_writer::JournalWriter;
 use crate::metrics_names;
 use crate::persist::PersistProgress;
 use crate::sessions::Sessions;
-use cudele_journal::{Event, Ino, SessionId, Seq};
+use cudele_journal::{Event, Ino, Seq, SessionId};
 use cudele_namespace::{Namespace, NsError, NsResult};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -81,6 +81,7 @@ impl Mds {
         let (seq, touched, result) = {
             let mut namespace = self.namespace.write().expect("namespace lock poisoned");
             let event = build(&namespace)?;
+            cudele_namespace::validate_event(&event)?;
             let touched = namespace.apply(&event)?;
             let result = reply(&namespace, &event);
             let changes = namespace.store_ops(&touched);
@@ -144,7 +145,8 @@ impl Mds {
 
     pub async fn close_session(&self, session: SessionId) -> NsResult<()> {
         self.sessions.remove(session);
-        let known = self.namespace.read().expect("namespace lock poisoned").sessions().any(|record| record.session == session);
+        let known =
+            self.namespace.read().expect("namespace lock poisoned").sessions().any(|record| record.session == session);
         if !known {
             return Err(NsError::NotFound);
         }

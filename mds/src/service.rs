@@ -53,7 +53,9 @@ fn attr_reply(namespace: &Namespace, ino: u64) -> NsResult<pb::AttrReply> {
 
 fn created_ino(event: &Event) -> u64 {
     match event {
-        Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } | Event::Link { ino, .. } => *ino,
+        Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } | Event::Link { ino, .. } => {
+            *ino
+        }
         _ => ROOT_INO,
     }
 }
@@ -123,7 +125,8 @@ impl mds_server::Mds for MdsService {
         if session == 0 {
             return Err(Status::invalid_argument("subscribe needs a session"));
         }
-        let receiver = self.mds.sessions.subscribe(session).ok_or_else(|| Status::unauthenticated("session is not live"))?;
+        let receiver =
+            self.mds.sessions.subscribe(session).ok_or_else(|| Status::unauthenticated("session is not live"))?;
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
@@ -135,10 +138,14 @@ impl mds_server::Mds for MdsService {
 
     async fn lookup(&self, request: Request<pb::EntryRequest>) -> Reply<pb::AttrReply> {
         let request = request.into_inner();
-        instrumented(&self.mds, "lookup", self.mds.read(|namespace| {
-            let attr = namespace.lookup(request.parent, &request.name)?;
-            attr_reply(namespace, attr.ino)
-        }))
+        instrumented(
+            &self.mds,
+            "lookup",
+            self.mds.read(|namespace| {
+                let attr = namespace.lookup(request.parent, &request.name)?;
+                attr_reply(namespace, attr.ino)
+            }),
+        )
         .await
     }
 
@@ -151,22 +158,34 @@ impl mds_server::Mds for MdsService {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
         let ino = request.ino;
-        instrumented(&self.mds, "setattr", self.mds.mutate(
-            origin,
-            |_| {
-                let time = Timestamp::now();
-                let changes = AttrChanges {
-                    mode: request.mode,
-                    uid: request.uid,
-                    gid: request.gid,
-                    size: request.size,
-                    atime: if request.atime_now { Some(time) } else { request.atime.map(|t| time_from_wire(Some(t))) },
-                    mtime: if request.mtime_now { Some(time) } else { request.mtime.map(|t| time_from_wire(Some(t))) },
-                };
-                Ok(Event::SetAttr { ino, changes, time })
-            },
-            |namespace, _| attr_reply(namespace, ino),
-        ))
+        instrumented(
+            &self.mds,
+            "setattr",
+            self.mds.mutate(
+                origin,
+                |_| {
+                    let time = Timestamp::now();
+                    let changes = AttrChanges {
+                        mode: request.mode,
+                        uid: request.uid,
+                        gid: request.gid,
+                        size: request.size,
+                        atime: if request.atime_now {
+                            Some(time)
+                        } else {
+                            request.atime.map(|t| time_from_wire(Some(t)))
+                        },
+                        mtime: if request.mtime_now {
+                            Some(time)
+                        } else {
+                            request.mtime.map(|t| time_from_wire(Some(t)))
+                        },
+                    };
+                    Ok(Event::SetAttr { ino, changes, time })
+                },
+                |namespace, _| attr_reply(namespace, ino),
+            ),
+        )
         .await
         .and_then(flatten)
     }
@@ -256,7 +275,14 @@ impl mds_server::Mds for MdsService {
             self.mds
                 .mutate(
                     origin,
-                    |_| Ok(Event::Link { ino: request.ino, parent: request.new_parent, name: request.new_name, time: Timestamp::now() }),
+                    |_| {
+                        Ok(Event::Link {
+                            ino: request.ino,
+                            parent: request.new_parent,
+                            name: request.new_name,
+                            time: Timestamp::now(),
+                        })
+                    },
                     |namespace, event| attr_reply(namespace, created_ino(event)),
                 )
                 .await?
@@ -267,22 +293,30 @@ impl mds_server::Mds for MdsService {
     async fn unlink(&self, request: Request<pb::EntryRequest>) -> Reply<pb::Empty> {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
-        instrumented(&self.mds, "unlink", self.mds.mutate(
-            origin,
-            |_| Ok(Event::Unlink { parent: request.parent, name: request.name, time: Timestamp::now() }),
-            |_, _| pb::Empty {},
-        ))
+        instrumented(
+            &self.mds,
+            "unlink",
+            self.mds.mutate(
+                origin,
+                |_| Ok(Event::Unlink { parent: request.parent, name: request.name, time: Timestamp::now() }),
+                |_, _| pb::Empty {},
+            ),
+        )
         .await
     }
 
     async fn rmdir(&self, request: Request<pb::EntryRequest>) -> Reply<pb::Empty> {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
-        instrumented(&self.mds, "rmdir", self.mds.mutate(
-            origin,
-            |_| Ok(Event::Rmdir { parent: request.parent, name: request.name, time: Timestamp::now() }),
-            |_, _| pb::Empty {},
-        ))
+        instrumented(
+            &self.mds,
+            "rmdir",
+            self.mds.mutate(
+                origin,
+                |_| Ok(Event::Rmdir { parent: request.parent, name: request.name, time: Timestamp::now() }),
+                |_, _| pb::Empty {},
+            ),
+        )
         .await
     }
 
@@ -313,49 +347,64 @@ impl mds_server::Mds for MdsService {
 
     async fn readlink(&self, request: Request<pb::InoRequest>) -> Reply<pb::ReadlinkReply> {
         let ino = request.into_inner().ino;
-        instrumented(&self.mds, "readlink", self.mds.read(|namespace| {
-            Ok(pb::ReadlinkReply { target: namespace.readlink(ino)?.to_vec() })
-        }))
+        instrumented(
+            &self.mds,
+            "readlink",
+            self.mds.read(|namespace| Ok(pb::ReadlinkReply { target: namespace.readlink(ino)?.to_vec() })),
+        )
         .await
     }
 
     async fn readdir(&self, request: Request<pb::ReaddirRequest>) -> Reply<pb::ReaddirReply> {
         let request = request.into_inner();
         let limit = (request.limit as usize).clamp(1, READDIR_ENTRIES_MAX);
-        instrumented(&self.mds, "readdir", self.mds.read(|namespace| {
-            let after = (!request.after.is_empty()).then_some(request.after.as_slice());
-            let entries = namespace.readdir(request.ino, after, limit + 1)?;
-            let end = entries.len() <= limit;
-            let entries = entries
-                .into_iter()
-                .take(limit)
-                .map(|entry| {
-                    let attr = if request.plus {
-                        namespace.record(entry.ino).ok().map(|record| attr_to_wire(&record.attr, record.chunk_size_bytes))
-                    } else {
-                        None
-                    };
-                    pb::DirEntry { name: entry.name, ino: entry.ino, kind: kind_to_wire(entry.kind) as i32, attr }
-                })
-                .collect();
-            Ok(pb::ReaddirReply { entries, end })
-        }))
+        instrumented(
+            &self.mds,
+            "readdir",
+            self.mds.read(|namespace| {
+                let after = (!request.after.is_empty()).then_some(request.after.as_slice());
+                let entries = namespace.readdir(request.ino, after, limit + 1)?;
+                let end = entries.len() <= limit;
+                let entries = entries
+                    .into_iter()
+                    .take(limit)
+                    .map(|entry| {
+                        let attr = if request.plus {
+                            namespace
+                                .record(entry.ino)
+                                .ok()
+                                .map(|record| attr_to_wire(&record.attr, record.chunk_size_bytes))
+                        } else {
+                            None
+                        };
+                        pb::DirEntry { name: entry.name, ino: entry.ino, kind: kind_to_wire(entry.kind) as i32, attr }
+                    })
+                    .collect();
+                Ok(pb::ReaddirReply { entries, end })
+            }),
+        )
         .await
     }
 
     async fn get_xattr(&self, request: Request<pb::GetXattrRequest>) -> Reply<pb::XattrReply> {
         let request = request.into_inner();
-        instrumented(&self.mds, "getxattr", self.mds.read(|namespace| {
-            Ok(pb::XattrReply { value: namespace.getxattr(request.ino, &request.name, request.size)?.to_vec() })
-        }))
+        instrumented(
+            &self.mds,
+            "getxattr",
+            self.mds.read(|namespace| {
+                Ok(pb::XattrReply { value: namespace.getxattr(request.ino, &request.name, request.size)?.to_vec() })
+            }),
+        )
         .await
     }
 
     async fn list_xattr(&self, request: Request<pb::ListXattrRequest>) -> Reply<pb::XattrReply> {
         let request = request.into_inner();
-        instrumented(&self.mds, "listxattr", self.mds.read(|namespace| {
-            Ok(pb::XattrReply { value: namespace.listxattr(request.ino, request.size)? })
-        }))
+        instrumented(
+            &self.mds,
+            "listxattr",
+            self.mds.read(|namespace| Ok(pb::XattrReply { value: namespace.listxattr(request.ino, request.size)? })),
+        )
         .await
     }
 
@@ -367,7 +416,15 @@ impl mds_server::Mds for MdsService {
             self.mds
                 .mutate(
                     origin,
-                    |_| Ok(Event::SetXattr { ino: request.ino, name: request.name, value: request.value, mode, time: Timestamp::now() }),
+                    |_| {
+                        Ok(Event::SetXattr {
+                            ino: request.ino,
+                            name: request.name,
+                            value: request.value,
+                            mode,
+                            time: Timestamp::now(),
+                        })
+                    },
                     |_, _| pb::Empty {},
                 )
                 .await
@@ -378,27 +435,35 @@ impl mds_server::Mds for MdsService {
     async fn remove_xattr(&self, request: Request<pb::RemoveXattrRequest>) -> Reply<pb::Empty> {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
-        instrumented(&self.mds, "removexattr", self.mds.mutate(
-            origin,
-            |_| Ok(Event::RemoveXattr { ino: request.ino, name: request.name, time: Timestamp::now() }),
-            |_, _| pb::Empty {},
-        ))
+        instrumented(
+            &self.mds,
+            "removexattr",
+            self.mds.mutate(
+                origin,
+                |_| Ok(Event::RemoveXattr { ino: request.ino, name: request.name, time: Timestamp::now() }),
+                |_, _| pb::Empty {},
+            ),
+        )
         .await
     }
 
     async fn statfs(&self, _request: Request<pb::Empty>) -> Reply<pb::StatfsReply> {
-        instrumented(&self.mds, "statfs", self.mds.read(|namespace| {
-            let inodes = namespace.inode_count();
-            let bytes = namespace.file_bytes();
-            Ok(pb::StatfsReply {
-                inodes,
-                bytes,
-                inodes_free: STATFS_CAPACITY_INODES.saturating_sub(inodes),
-                bytes_free: STATFS_CAPACITY_BYTES.saturating_sub(bytes),
-                block_size: STATFS_BLOCK_SIZE_BYTES,
-                name_max: cudele_journal::NAME_LENGTH_MAX_BYTES as u32,
-            })
-        }))
+        instrumented(
+            &self.mds,
+            "statfs",
+            self.mds.read(|namespace| {
+                let inodes = namespace.inode_count();
+                let bytes = namespace.file_bytes();
+                Ok(pb::StatfsReply {
+                    inodes,
+                    bytes,
+                    inodes_free: STATFS_CAPACITY_INODES.saturating_sub(inodes),
+                    bytes_free: STATFS_CAPACITY_BYTES.saturating_sub(bytes),
+                    block_size: STATFS_BLOCK_SIZE_BYTES,
+                    name_max: cudele_journal::NAME_LENGTH_MAX_BYTES as u32,
+                })
+            }),
+        )
         .await
     }
 
@@ -406,18 +471,22 @@ impl mds_server::Mds for MdsService {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
         let ino = request.ino;
-        instrumented(&self.mds, "setlayout", self.mds.mutate(
-            origin,
-            |_| {
-                Ok(Event::SetLayout {
-                    ino,
-                    size: request.size,
-                    chunk_size_bytes: request.chunk_size_bytes,
-                    mtime: request.mtime.map(|t| time_from_wire(Some(t))).unwrap_or_else(Timestamp::now),
-                })
-            },
-            |namespace, _| attr_reply(namespace, ino),
-        ))
+        instrumented(
+            &self.mds,
+            "setlayout",
+            self.mds.mutate(
+                origin,
+                |_| {
+                    Ok(Event::SetLayout {
+                        ino,
+                        size: request.size,
+                        chunk_size_bytes: request.chunk_size_bytes,
+                        mtime: request.mtime.map(|t| time_from_wire(Some(t))).unwrap_or_else(Timestamp::now),
+                    })
+                },
+                |namespace, _| attr_reply(namespace, ino),
+            ),
+        )
         .await
         .and_then(flatten)
     }
@@ -444,7 +513,9 @@ impl mds_server::Mds for MdsService {
                     origin,
                     |namespace| Ok(Event::AllocateInodes { owner: origin, range: namespace.peek_range(count) }),
                     |_, event| match event {
-                        Event::AllocateInodes { range, .. } => pb::InodeRangeReply { start: range.start, end: range.end },
+                        Event::AllocateInodes { range, .. } => {
+                            pb::InodeRangeReply { start: range.start, end: range.end }
+                        }
                         _ => pb::InodeRangeReply { start: 0, end: 0 },
                     },
                 )
@@ -482,12 +553,16 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn dump(&self, _request: Request<pb::Empty>) -> Reply<pb::DumpReply> {
-        instrumented(&self.mds, "dump", self.mds.read(|namespace| {
-            Ok(pb::DumpReply {
-                dump: namespace.dump(),
-                invariant_violation: namespace.check_invariants().err().unwrap_or_default(),
-            })
-        }))
+        instrumented(
+            &self.mds,
+            "dump",
+            self.mds.read(|namespace| {
+                Ok(pb::DumpReply {
+                    dump: namespace.dump(),
+                    invariant_violation: namespace.check_invariants().err().unwrap_or_default(),
+                })
+            }),
+        )
         .await
     }
 }

@@ -48,7 +48,8 @@ impl Sessions {
     /// Start (or, after an MDS restart, resume) a session's lease.
     pub fn activate(&self, session: SessionId, client: String) {
         let lease_expires = Instant::now() + self.lease;
-        self.lock().insert(session, LiveSession { client, lease_expires, subscriber: None, waiting_acks: HashMap::new() });
+        self.lock()
+            .insert(session, LiveSession { client, lease_expires, subscriber: None, waiting_acks: HashMap::new() });
         metrics::gauge!(metrics_names::SESSIONS).set(self.lock().len() as f64);
     }
 
@@ -112,7 +113,12 @@ impl Sessions {
     /// Tell every subscribed session but `origin` to drop `inodes` and `entries`, and wait
     /// for their acknowledgements. Returns the sessions that did not acknowledge in time;
     /// the caller expires them, since their caches can no longer be trusted.
-    pub async fn invalidate(&self, origin: SessionId, inodes: Vec<Ino>, entries: Vec<(Ino, Vec<u8>)>) -> Vec<SessionId> {
+    pub async fn invalidate(
+        &self,
+        origin: SessionId,
+        inodes: Vec<Ino>,
+        entries: Vec<(Ino, Vec<u8>)>,
+    ) -> Vec<SessionId> {
         if inodes.is_empty() && entries.is_empty() {
             return Vec::new();
         }

@@ -1,7 +1,7 @@
 //! The persisted form of one inode and the attributes clients see.
 
 use bincode::{Decode, Encode};
-use cudele_journal::{FileKind, InodeRange, Ino, SessionId, Timestamp};
+use cudele_journal::{FileKind, Ino, InodeRange, SessionId, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

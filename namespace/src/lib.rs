@@ -15,5 +15,5 @@ pub mod store_key;
 
 pub use error::{NsError, NsResult};
 pub use inode::{Attr, Decoupling, DirEntry, InodeRecord, SessionRecord};
-pub use namespace::{validate_name, Namespace, Touched};
+pub use namespace::{validate_event, validate_name, Namespace, Touched};
 pub use store_key::{decode_entry, StoreKey, StoreOp, StoreValue};

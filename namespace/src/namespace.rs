@@ -9,8 +9,8 @@ use crate::error::{NsError, NsResult};
 use crate::inode::{Attr, Decoupling, DirEntry, InodeRecord, SessionRecord};
 use crate::store_key::{encode_value, StoreKey, StoreOp, StoreValue};
 use cudele_journal::{
-    AttrChanges, Event, FileKind, InodeRange, Ino, RenameMode, SessionId, Timestamp, XattrMode,
-    NAME_LENGTH_MAX_BYTES, ROOT_INO, SYMLINK_TARGET_LENGTH_MAX_BYTES, XATTR_VALUE_LENGTH_MAX_BYTES,
+    AttrChanges, Event, FileKind, Ino, InodeRange, RenameMode, SessionId, Timestamp, XattrMode, NAME_LENGTH_MAX_BYTES,
+    ROOT_INO, SYMLINK_TARGET_LENGTH_MAX_BYTES, XATTR_VALUE_LENGTH_MAX_BYTES,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -132,11 +132,10 @@ impl Namespace {
             }
         }
         for (parent, name, ino) in dentries {
-            let directory = namespace
-                .inodes
-                .get_mut(&parent)
-                .and_then(|inode| inode.children.as_mut())
-                .ok_or_else(|| format!("entry {:?} in missing directory {parent}", String::from_utf8_lossy(&name)))?;
+            let directory =
+                namespace.inodes.get_mut(&parent).and_then(|inode| inode.children.as_mut()).ok_or_else(|| {
+                    format!("entry {:?} in missing directory {parent}", String::from_utf8_lossy(&name))
+                })?;
             directory.insert(name, ino);
         }
         if !namespace.inodes.contains_key(&ROOT_INO) {
@@ -412,7 +411,15 @@ impl Namespace {
                 touched.inodes.insert(ino);
             }
             Event::Rename { source_parent, source_name, target_parent, target_name, mode, time } => {
-                self.apply_rename(*source_parent, source_name, *target_parent, target_name, *mode, *time, &mut touched)?;
+                self.apply_rename(
+                    *source_parent,
+                    source_name,
+                    *target_parent,
+                    target_name,
+                    *mode,
+                    *time,
+                    &mut touched,
+                )?;
             }
             Event::SetAttr { ino, changes, time } => self.apply_setattr(*ino, changes, *time, &mut touched)?,
             Event::SetXattr { ino, name, value, mode, time } => {
@@ -484,7 +491,8 @@ impl Namespace {
                 if self.sessions.contains_key(session) {
                     return Err(NsError::Exists);
                 }
-                self.sessions.insert(*session, SessionRecord { session: *session, client: client.clone(), opened: *time });
+                self.sessions
+                    .insert(*session, SessionRecord { session: *session, client: client.clone(), opened: *time });
                 touched.sessions.insert(*session);
             }
             Event::SessionClose { session } => {
@@ -623,10 +631,22 @@ impl Namespace {
                 if source == target {
                     return Ok(());
                 }
-                self.inode_mut(source_parent).children.as_mut().expect("directory").insert(source_name.to_vec(), target);
-                self.inode_mut(target_parent).children.as_mut().expect("directory").insert(target_name.to_vec(), source);
+                self.inode_mut(source_parent)
+                    .children
+                    .as_mut()
+                    .expect("directory")
+                    .insert(source_name.to_vec(), target);
+                self.inode_mut(target_parent)
+                    .children
+                    .as_mut()
+                    .expect("directory")
+                    .insert(target_name.to_vec(), source);
                 if source_is_directory != target_is_directory && source_parent != target_parent {
-                    let (gains, loses) = if source_is_directory { (target_parent, source_parent) } else { (source_parent, target_parent) };
+                    let (gains, loses) = if source_is_directory {
+                        (target_parent, source_parent)
+                    } else {
+                        (source_parent, target_parent)
+                    };
                     self.inode_mut(gains).record.attr.nlink += 1;
                     self.inode_mut(loses).record.attr.nlink -= 1;
                 }
@@ -636,7 +656,8 @@ impl Namespace {
                 if target_is_directory {
                     self.inode_mut(target).record.parent = source_parent;
                 }
-                for (parent, name, ino) in [(source_parent, source_name, source), (target_parent, target_name, target)] {
+                for (parent, name, ino) in [(source_parent, source_name, source), (target_parent, target_name, target)]
+                {
                     let directory = &mut self.inode_mut(parent).record.attr;
                     directory.mtime = time;
                     directory.ctime = time;
@@ -684,7 +705,13 @@ impl Namespace {
         Ok(())
     }
 
-    fn apply_setattr(&mut self, ino: Ino, changes: &AttrChanges, time: Timestamp, touched: &mut Touched) -> NsResult<()> {
+    fn apply_setattr(
+        &mut self,
+        ino: Ino,
+        changes: &AttrChanges,
+        time: Timestamp,
+        touched: &mut Touched,
+    ) -> NsResult<()> {
         let record = self.record(ino)?;
         if let Some(mode) = changes.mode {
             if mode & !PERMISSION_BITS != 0 {
@@ -755,13 +782,19 @@ impl Namespace {
             }
             for (name, child) in children {
                 let Some(child_inode) = self.inodes.get(child) else {
-                    return Err(format!("entry {:?} in {ino} points to missing inode {child}", String::from_utf8_lossy(name)));
+                    return Err(format!(
+                        "entry {:?} in {ino} points to missing inode {child}",
+                        String::from_utf8_lossy(name)
+                    ));
                 };
                 *names.entry(*child).or_default() += 1;
                 if child_inode.record.is_directory() {
                     *subdirectories.entry(*ino).or_default() += 1;
                     if child_inode.record.parent != *ino {
-                        return Err(format!("directory {child} is in {ino} but records parent {}", child_inode.record.parent));
+                        return Err(format!(
+                            "directory {child} is in {ino} but records parent {}",
+                            child_inode.record.parent
+                        ));
                     }
                 }
             }
@@ -837,6 +870,39 @@ impl Namespace {
     }
 }
 
+/// Check everything about an event that does not depend on the namespace's state, with the
+/// errno Linux gives, then the journal's own validation (a record the journal would refuse
+/// must never be applied). Call before `apply` for events built from client input.
+pub fn validate_event(event: &Event) -> NsResult<()> {
+    let names: Vec<&[u8]> = match event {
+        Event::Create { name, .. }
+        | Event::Mkdir { name, .. }
+        | Event::Symlink { name, .. }
+        | Event::Link { name, .. }
+        | Event::Unlink { name, .. }
+        | Event::Rmdir { name, .. } => vec![name],
+        Event::Rename { source_name, target_name, .. } => vec![source_name, target_name],
+        _ => Vec::new(),
+    };
+    for name in names {
+        validate_name(name)?;
+    }
+    match event {
+        Event::SetXattr { name, value, .. } => {
+            validate_xattr_name(name)?;
+            if value.len() > XATTR_VALUE_LENGTH_MAX_BYTES {
+                return Err(NsError::TooBig);
+            }
+        }
+        Event::RemoveXattr { name, .. } => validate_xattr_name(name)?,
+        Event::Symlink { target, .. } if target.len() > SYMLINK_TARGET_LENGTH_MAX_BYTES => {
+            return Err(NsError::NameTooLong)
+        }
+        _ => {}
+    }
+    cudele_journal::codec::validate_event(event).map_err(|_| NsError::InvalidArgument("malformed request"))
+}
+
 fn validate_xattr_name(name: &[u8]) -> NsResult<()> {
     if name.is_empty() || name.len() > XATTR_NAME_LENGTH_MAX_BYTES {
         return Err(NsError::Range);
@@ -848,7 +914,16 @@ fn validate_xattr_name(name: &[u8]) -> NsResult<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn new_record(ino: Ino, kind: FileKind, mode: u32, uid: u32, gid: u32, rdev: u32, time: Timestamp, parent: Ino) -> InodeRecord {
+fn new_record(
+    ino: Ino,
+    kind: FileKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    time: Timestamp,
+    parent: Ino,
+) -> InodeRecord {
     InodeRecord {
         attr: Attr {
             ino,

@@ -86,8 +86,7 @@ pub(crate) fn encode_value<T: bincode::Encode>(value: &T) -> Vec<u8> {
 /// Decode a key/value pair read from a store or snapshot.
 pub fn decode_entry(key: &[u8], value: &[u8]) -> Result<StoreValue, String> {
     fn decode<T: bincode::Decode<()>>(value: &[u8]) -> Result<T, String> {
-        let (decoded, used) =
-            bincode::decode_from_slice(value, bincode_config()).map_err(|error| error.to_string())?;
+        let (decoded, used) = bincode::decode_from_slice(value, bincode_config()).map_err(|error| error.to_string())?;
         if used != value.len() {
             return Err("trailing bytes in value".to_string());
         }

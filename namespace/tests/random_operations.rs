@@ -29,7 +29,9 @@ fn event_for(
     let other_name = NAMES[other_name].to_vec();
     let ino = namespace.next_ino();
     match op {
-        0 | 1 => Event::Create { parent, name, ino, kind: FileKind::Regular, mode: 0o644, uid: 1, gid: 1, rdev: 0, time },
+        0 | 1 => {
+            Event::Create { parent, name, ino, kind: FileKind::Regular, mode: 0o644, uid: 1, gid: 1, rdev: 0, time }
+        }
         2 | 3 => Event::Mkdir { parent, name, ino, mode: 0o755, uid: 1, gid: 1, time },
         4 => Event::Unlink { parent, name, time },
         5 => Event::Rmdir { parent, name, time },
@@ -43,8 +45,18 @@ fn event_for(
         },
         8 => Event::Link { ino: other, parent, name, time },
         9 => Event::Symlink { parent, name, ino, target: b"somewhere".to_vec(), uid: 0, gid: 0, time },
-        10 => Event::SetAttr { ino: parent, changes: AttrChanges { uid: Some(flag as u32), size: Some(other), ..Default::default() }, time },
-        _ => Event::SetXattr { ino: parent, name: b"user.k".to_vec(), value: vec![flag; 3], mode: XattrMode::Upsert, time },
+        10 => Event::SetAttr {
+            ino: parent,
+            changes: AttrChanges { uid: Some(flag as u32), size: Some(other), ..Default::default() },
+            time,
+        },
+        _ => Event::SetXattr {
+            ino: parent,
+            name: b"user.k".to_vec(),
+            value: vec![flag; 3],
+            mode: XattrMode::Upsert,
+            time,
+        },
     }
 }
 

@@ -9,7 +9,10 @@ pub const SESSION_HEADER: &str = "cudele-session";
 pub fn read_token_file(path: &std::path::Path) -> std::io::Result<String> {
     let token = std::fs::read_to_string(path)?.trim().to_string();
     if token.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("token file {} is empty", path.display())));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("token file {} is empty", path.display()),
+        ));
     }
     Ok(token)
 }

@@ -22,9 +22,7 @@ pub fn status_from_error(error: NsError) -> Status {
         | NsError::IsDirectory
         | NsError::CrossDevice
         | NsError::TooManyLinks => Code::FailedPrecondition,
-        NsError::NameTooLong | NsError::InvalidArgument(_) | NsError::Range | NsError::TooBig => {
-            Code::InvalidArgument
-        }
+        NsError::NameTooLong | NsError::InvalidArgument(_) | NsError::Range | NsError::TooBig => Code::InvalidArgument,
     };
     let mut status = Status::new(code, error.to_string());
     if let Ok(value) = error.errno().to_string().parse() {

@@ -116,7 +116,7 @@ async fn segment_round_trip(store: &JournalStore) {
 
 /// Paths that could escape the store or are ambiguous are refused before any I/O.
 async fn invalid_paths_rejected(store: &JournalStore) {
-    for path in ["", "../escape", "a//b", "/absolute", "a/./b"] {
+    for path in ["", "../escape", "a//b", "/absolute", "trailing/", "a/./b", "staging#12"] {
         let error = store.put(path, b"x".to_vec()).await.expect_err("invalid path");
         assert!(matches!(error, JournalError::InvalidObjectPath { .. }), "{path:?}: {error}");
     }
