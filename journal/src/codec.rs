@@ -175,6 +175,7 @@ pub fn validate_event(event: &Event) -> Result<(), JournalError> {
             check(timestamp("time", time))
         }
         Event::SessionClose { session: _ } => Ok(()),
+        Event::Merged { ino, owner: _, through_seq: _ } => check(inode_number("ino", *ino)),
     }
 }
 

@@ -216,6 +216,15 @@ pub enum Event {
     SessionClose {
         session: SessionId,
     },
+    /// The decoupled subtree at `ino` has merged its owner's client journal through
+    /// `through_seq` (client journal sequence numbers); the merged events precede this one
+    /// in the same segment, so a merge is durable whole or not at all, and merging the same
+    /// journal again skips what is already in.
+    Merged {
+        ino: Ino,
+        owner: SessionId,
+        through_seq: Seq,
+    },
 }
 
 impl Event {
@@ -239,6 +248,7 @@ impl Event {
             Event::AllocateInodes { .. } => "allocate_inodes",
             Event::SessionOpen { .. } => "session_open",
             Event::SessionClose { .. } => "session_close",
+            Event::Merged { .. } => "merged",
         }
     }
 }

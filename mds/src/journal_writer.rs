@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 
-/// Most records in one segment; a larger queue is written as several segments.
+/// Most records in one segment (unless one atomic group is larger); a larger queue is
+/// written as several segments.
 pub const SEGMENT_RECORDS_MAX: usize = 4096;
 /// Attempts to write one segment before the MDS gives up and aborts (recovery then restores
 /// the last durable state: memory already holds the events, so carrying on would lie).
@@ -32,9 +33,12 @@ pub struct DurableBatch {
     pub changes: Vec<(Seq, Vec<StoreOp>)>,
 }
 
+/// Records that must reach the object store in one segment (one atomic put).
+type Group = Vec<(Record, Vec<StoreOp>)>;
+
 #[derive(Default)]
 struct Queue {
-    records: Vec<(Record, Vec<StoreOp>)>,
+    groups: std::collections::VecDeque<Group>,
     next_seq: Seq,
 }
 
@@ -55,7 +59,7 @@ impl JournalWriter {
         let (durable, _) = watch::channel(next_seq - 1);
         let (failed, _) = watch::channel(false);
         Arc::new(JournalWriter {
-            queue: Mutex::new(Queue { records: Vec::new(), next_seq }),
+            queue: Mutex::new(Queue { groups: Default::default(), next_seq }),
             queued: Notify::new(),
             durable,
             failed,
@@ -67,13 +71,26 @@ impl JournalWriter {
     /// Queue `event` with its store changes; returns its sequence number. Call with the
     /// namespace write lock held so that sequence order is apply order.
     pub fn append(&self, event: cudele_journal::Event, changes: Vec<StoreOp>) -> Seq {
+        self.append_group(vec![(event, changes)])
+    }
+
+    /// Queue events that must become durable together (a merge); returns the last one's
+    /// sequence number. They go into one segment however many there are.
+    pub fn append_group(&self, events: Vec<(cudele_journal::Event, Vec<StoreOp>)>) -> Seq {
         let mut queue = self.queue.lock().expect("journal queue lock poisoned");
-        let seq = queue.next_seq;
-        queue.next_seq += 1;
-        queue.records.push((Record { seq, event }, changes));
+        let mut group = Vec::with_capacity(events.len());
+        for (event, changes) in events {
+            let seq = queue.next_seq;
+            queue.next_seq += 1;
+            group.push((Record { seq, event }, changes));
+        }
+        let last = queue.next_seq - 1;
+        if !group.is_empty() {
+            queue.groups.push_back(group);
+        }
         drop(queue);
         self.queued.notify_one();
-        seq
+        last
     }
 
     /// The sequence number of the last appended record (durable or not).
@@ -125,8 +142,15 @@ impl JournalWriter {
             let notified = self.queued.notified();
             let batch = {
                 let mut queue = self.queue.lock().expect("journal queue lock poisoned");
-                let take = queue.records.len().min(SEGMENT_RECORDS_MAX);
-                queue.records.drain(..take).collect::<Vec<_>>()
+                let mut batch: Group = Vec::new();
+                // Whole groups only; a group larger than the limit goes alone.
+                while let Some(group) = queue.groups.front() {
+                    if !batch.is_empty() && batch.len() + group.len() > SEGMENT_RECORDS_MAX {
+                        break;
+                    }
+                    batch.extend(queue.groups.pop_front().into_iter().flatten());
+                }
+                batch
             };
             if batch.is_empty() {
                 if *shutdown.borrow() {

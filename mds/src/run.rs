@@ -86,7 +86,7 @@ pub async fn run(
     let persister_task = tokio::spawn(persister.run(durable_receiver, drain_receiver));
 
     let sessions = Sessions::new(config.lease, config.invalidation_ack_timeout);
-    let mds = Arc::new(Mds::new(recovered.namespace, journal.clone(), sessions, progress, url.clone()));
+    let mds = Arc::new(Mds::new(recovered.namespace, journal.clone(), sessions, progress, url.clone(), objects.clone()));
     let reaper_task = tokio::spawn(reap_expired_sessions(mds.clone(), shutdown.clone()));
 
     let listener =

@@ -22,6 +22,7 @@ pub struct Mds {
     pub sessions: Sessions,
     pub progress: Arc<PersistProgress>,
     pub object_store_url: String,
+    pub objects: Arc<cudele_journal::store::JournalStore>,
     pub started: Instant,
     operations: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -33,6 +34,7 @@ impl Mds {
         sessions: Sessions,
         progress: Arc<PersistProgress>,
         object_store_url: String,
+        objects: Arc<cudele_journal::store::JournalStore>,
     ) -> Self {
         // Sessions known from before a restart get a fresh lease so their mounts can resume.
         for session in namespace.sessions() {
@@ -44,6 +46,7 @@ impl Mds {
             sessions,
             progress,
             object_store_url,
+            objects,
             started: Instant::now(),
             operations: Mutex::new(BTreeMap::new()),
         }
@@ -57,11 +60,14 @@ impl Mds {
         self.operations.lock().expect("operations lock poisoned").clone()
     }
 
-    /// Run `read` on the namespace; return once everything it could have seen is durable.
-    pub async fn read<R>(&self, read: impl FnOnce(&Namespace) -> NsResult<R>) -> NsResult<R> {
+    /// Run `read` on the namespace for `origin`, which must be allowed to see `ino` (EBUSY
+    /// inside another session's blocking decoupled subtree); return once everything it could
+    /// have seen is durable.
+    pub async fn read<R>(&self, origin: SessionId, ino: Ino, read: impl FnOnce(&Namespace) -> NsResult<R>) -> NsResult<R> {
         let (result, observed) = {
             let namespace = self.namespace.read().expect("namespace lock poisoned");
-            (read(&namespace), self.journal.last_assigned())
+            let result = check_access(&namespace, origin, ino).and_then(|()| read(&namespace));
+            (result, self.journal.last_assigned())
         };
         if observed > self.journal.durable_seq() {
             self.journal.wait_durable(observed).await.map_err(NsError::Io)?;
@@ -82,6 +88,7 @@ impl Mds {
             let mut namespace = self.namespace.write().expect("namespace lock poisoned");
             let event = build(&namespace)?;
             cudele_namespace::validate_event(&event)?;
+            check_interference(&namespace, origin, &event)?;
             let touched = namespace.apply(&event)?;
             let result = reply(&namespace, &event);
             let changes = namespace.store_ops(&touched);
@@ -169,5 +176,183 @@ impl Mds {
 
     pub fn applied_seq(&self) -> Seq {
         self.progress.applied_seq.load(Ordering::Relaxed)
+    }
+}
+
+/// Inside a subtree decoupled with `interfere_policy: block`, every other session's
+/// operation fails with EBUSY; parents stay usable. (Reads are refused by the service layer.)
+pub fn check_interference(namespace: &Namespace, origin: SessionId, event: &Event) -> NsResult<()> {
+    let inodes: Vec<Ino> = match event {
+        Event::Create { parent, .. }
+        | Event::Mkdir { parent, .. }
+        | Event::Symlink { parent, .. }
+        | Event::Unlink { parent, .. }
+        | Event::Rmdir { parent, .. } => vec![*parent],
+        Event::Link { ino, parent, .. } => vec![*ino, *parent],
+        Event::Rename { source_parent, target_parent, .. } => vec![*source_parent, *target_parent],
+        Event::SetAttr { ino, .. }
+        | Event::SetXattr { ino, .. }
+        | Event::RemoveXattr { ino, .. }
+        | Event::SetLayout { ino, .. } => vec![*ino],
+        _ => Vec::new(),
+    };
+    for ino in inodes {
+        check_access(namespace, origin, ino)?;
+    }
+    Ok(())
+}
+
+/// EBUSY if `ino` lies in a subtree another session decoupled with `interfere_policy: block`.
+pub fn check_access(namespace: &Namespace, origin: SessionId, ino: Ino) -> NsResult<()> {
+    let Ok(record) = namespace.record(ino) else { return Ok(()) };
+    let directory = if record.is_directory() { ino } else { record.parent };
+    if let Some((_, decoupling)) = namespace.decoupled_ancestor(directory) {
+        if decoupling.owner != origin && policy_blocks(&decoupling.policy) {
+            return Err(NsError::Busy("the subtree is decoupled by another client (interfere_policy: block)"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a policies.yml text asks to block other clients. It was validated when the
+/// subtree was decoupled; text that no longer parses blocks, the safe side.
+fn policy_blocks(policy: &[u8]) -> bool {
+    match std::str::from_utf8(policy).ok().and_then(|text| cudele_policy::Policy::parse(text, "policies.yml").ok()) {
+        Some(policy) => policy.interfere() == cudele_policy::Interference::Block,
+        None => true,
+    }
+}
+
+/// What a merge did, for the reply and `cudele status`.
+#[derive(Debug, Default)]
+pub struct MergeSummary {
+    pub applied: u64,
+    pub skipped: u64,
+    pub already_merged: u64,
+    pub merged_seq: Seq,
+    pub skip_reasons: Vec<String>,
+}
+
+/// Skip reasons reported per merge (the count is always exact).
+const MERGE_SKIP_REASONS_REPORTED_MAX: usize = 16;
+
+impl Mds {
+    /// Decouple directory `ino` for `origin` under `policy_text`: journal the decoupling with a
+    /// fresh inode range, and return the range with a snapshot of the subtree.
+    pub async fn decouple(
+        &self,
+        origin: SessionId,
+        ino: Ino,
+        policy_text: Vec<u8>,
+    ) -> NsResult<(cudele_journal::InodeRange, Vec<cudele_namespace::StoreOp>)> {
+        if origin == 0 {
+            return Err(NsError::InvalidArgument("decoupling needs a session"));
+        }
+        let text = std::str::from_utf8(&policy_text).map_err(|_| NsError::InvalidArgument("policy is not UTF-8"))?;
+        let policy = cudele_policy::Policy::parse(text, "policies.yml").map_err(|error| {
+            tracing::info!(%error, "decouple refused: bad policy");
+            NsError::InvalidArgument("invalid policies.yml (see the client's message)")
+        })?;
+        if !policy.is_decoupled() {
+            return Err(NsError::InvalidArgument("the policy's consistency is strong: nothing to decouple"));
+        }
+        let count = policy.allocated_inodes();
+        self.mutate(
+            origin,
+            |namespace| {
+                Ok(Event::Decouple { ino, owner: origin, range: namespace.peek_range(count), policy: policy_text })
+            },
+            |namespace, event| match event {
+                Event::Decouple { range, .. } => namespace.subtree_ops(ino).map(|ops| (*range, ops)),
+                _ => Err(NsError::Io("built a Decouple event".into())),
+            },
+        )
+        .await?
+    }
+
+    /// Replay a client journal into the decoupled subtree at `ino` (decoupled wins), journal
+    /// the result as one atomic group ending with a `Merged` marker, and optionally recouple.
+    pub async fn merge(
+        &self,
+        origin: SessionId,
+        ino: Ino,
+        records: Vec<cudele_journal::Record>,
+        recouple: bool,
+        operator: bool,
+    ) -> NsResult<MergeSummary> {
+        let (seq, touched, summary) = {
+            let mut namespace = self.namespace.write().expect("namespace lock poisoned");
+            let owner = match namespace.record(ino)?.decoupling.as_ref() {
+                Some(decoupling) => decoupling.owner,
+                None => return Err(NsError::InvalidArgument("the directory is not decoupled")),
+            };
+            if owner != origin && !operator {
+                return Err(NsError::Busy("the subtree is decoupled by another client"));
+            }
+            let mut summary = MergeSummary { merged_seq: namespace.merge_position(ino, owner)?, ..Default::default() };
+            let mut expected = summary.merged_seq + 1;
+            let mut group = Vec::new();
+            let mut touched = cudele_namespace::Touched::default();
+            for record in &records {
+                if record.seq < expected {
+                    summary.already_merged += 1;
+                    continue;
+                }
+                if record.seq != expected {
+                    // Nothing applied yet for this journal would be consistent with a gap.
+                    if group.is_empty() {
+                        return Err(NsError::InvalidArgument("client journal gap: events are missing"));
+                    }
+                    break;
+                }
+                expected += 1;
+                if let Err(error) = cudele_namespace::validate_event(&record.event) {
+                    summary.skipped += 1;
+                    push_reason(&mut summary, record, &error.to_string());
+                    continue;
+                }
+                match namespace.merge_event(ino, &record.event) {
+                    cudele_namespace::MergeStep::Applied(applied) => {
+                        summary.applied += 1;
+                        for (event, event_touched) in applied {
+                            group.push((event, namespace.store_ops(&event_touched)));
+                            touched.extend(&event_touched);
+                        }
+                    }
+                    cudele_namespace::MergeStep::Skipped(reason) => {
+                        summary.skipped += 1;
+                        push_reason(&mut summary, record, reason);
+                    }
+                }
+            }
+            let through_seq = expected - 1;
+            if through_seq > summary.merged_seq {
+                let marker = Event::Merged { ino, owner, through_seq };
+                let marker_touched = namespace.apply(&marker)?;
+                group.push((marker, namespace.store_ops(&marker_touched)));
+                summary.merged_seq = through_seq;
+            }
+            if recouple {
+                let event = Event::Recouple { ino };
+                let recouple_touched = namespace.apply(&event)?;
+                group.push((event, namespace.store_ops(&recouple_touched)));
+                touched.extend(&recouple_touched);
+            }
+            let seq = self.journal.append_group(group);
+            (seq, touched, summary)
+        };
+        self.journal.wait_durable(seq).await.map_err(NsError::Io)?;
+        let inodes: Vec<Ino> = touched.inodes().collect();
+        let entries: Vec<(Ino, Vec<u8>)> = touched.dentries().cloned().collect();
+        for session in self.sessions.invalidate(origin, inodes, entries).await {
+            self.expire_session(session).await;
+        }
+        Ok(summary)
+    }
+}
+
+fn push_reason(summary: &mut MergeSummary, record: &cudele_journal::Record, reason: &str) {
+    if summary.skip_reasons.len() < MERGE_SKIP_REASONS_REPORTED_MAX {
+        summary.skip_reasons.push(format!("event {} ({}): {reason}", record.seq, record.event.kind_name()));
     }
 }

@@ -137,11 +137,12 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn lookup(&self, request: Request<pb::EntryRequest>) -> Reply<pb::AttrReply> {
+        let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
         instrumented(
             &self.mds,
             "lookup",
-            self.mds.read(|namespace| {
+            self.mds.read(origin, request.parent, |namespace| {
                 let attr = namespace.lookup(request.parent, &request.name)?;
                 attr_reply(namespace, attr.ino)
             }),
@@ -150,8 +151,9 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn get_attr(&self, request: Request<pb::InoRequest>) -> Reply<pb::AttrReply> {
+        let origin = session_of(&self.mds, &request)?;
         let ino = request.into_inner().ino;
-        instrumented(&self.mds, "getattr", self.mds.read(|namespace| attr_reply(namespace, ino))).await
+        instrumented(&self.mds, "getattr", self.mds.read(origin, ino, |namespace| attr_reply(namespace, ino))).await
     }
 
     async fn set_attr(&self, request: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
@@ -346,22 +348,24 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn readlink(&self, request: Request<pb::InoRequest>) -> Reply<pb::ReadlinkReply> {
+        let origin = session_of(&self.mds, &request)?;
         let ino = request.into_inner().ino;
         instrumented(
             &self.mds,
             "readlink",
-            self.mds.read(|namespace| Ok(pb::ReadlinkReply { target: namespace.readlink(ino)?.to_vec() })),
+            self.mds.read(origin, ino, |namespace| Ok(pb::ReadlinkReply { target: namespace.readlink(ino)?.to_vec() })),
         )
         .await
     }
 
     async fn readdir(&self, request: Request<pb::ReaddirRequest>) -> Reply<pb::ReaddirReply> {
+        let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
         let limit = (request.limit as usize).clamp(1, READDIR_ENTRIES_MAX);
         instrumented(
             &self.mds,
             "readdir",
-            self.mds.read(|namespace| {
+            self.mds.read(origin, request.ino, |namespace| {
                 let after = (!request.after.is_empty()).then_some(request.after.as_slice());
                 let entries = namespace.readdir(request.ino, after, limit + 1)?;
                 let end = entries.len() <= limit;
@@ -387,11 +391,12 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn get_xattr(&self, request: Request<pb::GetXattrRequest>) -> Reply<pb::XattrReply> {
+        let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
         instrumented(
             &self.mds,
             "getxattr",
-            self.mds.read(|namespace| {
+            self.mds.read(origin, request.ino, |namespace| {
                 Ok(pb::XattrReply { value: namespace.getxattr(request.ino, &request.name, request.size)?.to_vec() })
             }),
         )
@@ -399,11 +404,12 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn list_xattr(&self, request: Request<pb::ListXattrRequest>) -> Reply<pb::XattrReply> {
+        let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
         instrumented(
             &self.mds,
             "listxattr",
-            self.mds.read(|namespace| Ok(pb::XattrReply { value: namespace.listxattr(request.ino, request.size)? })),
+            self.mds.read(origin, request.ino, |namespace| Ok(pb::XattrReply { value: namespace.listxattr(request.ino, request.size)? })),
         )
         .await
     }
@@ -447,11 +453,12 @@ impl mds_server::Mds for MdsService {
         .await
     }
 
-    async fn statfs(&self, _request: Request<pb::Empty>) -> Reply<pb::StatfsReply> {
+    async fn statfs(&self, request: Request<pb::Empty>) -> Reply<pb::StatfsReply> {
+        let origin = session_of(&self.mds, &request)?;
         instrumented(
             &self.mds,
             "statfs",
-            self.mds.read(|namespace| {
+            self.mds.read(origin, ROOT_INO, |namespace| {
                 let inodes = namespace.inode_count();
                 let bytes = namespace.file_bytes();
                 Ok(pb::StatfsReply {
@@ -492,11 +499,12 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn fsync(&self, request: Request<pb::InoRequest>) -> Reply<pb::Empty> {
+        let origin = session_of(&self.mds, &request)?;
         let ino = request.into_inner().ino;
         instrumented(&self.mds, "fsync", async {
             // Every acknowledged change is already durable; this waits for anything the
             // inode's state could depend on that is still in flight.
-            self.mds.read(|namespace| namespace.getattr(ino).map(|_| pb::Empty {})).await
+            self.mds.read(origin, ino, |namespace| namespace.getattr(ino).map(|_| pb::Empty {})).await
         })
         .await
     }
@@ -520,6 +528,57 @@ impl mds_server::Mds for MdsService {
                     },
                 )
                 .await
+        })
+        .await
+    }
+
+    async fn decouple(&self, request: Request<pb::DecoupleRequest>) -> Reply<pb::DecoupleReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "decouple", async {
+            let (range, ops) = self.mds.decouple(origin, request.ino, request.policy).await?;
+            let merged_seq = 0;
+            Ok(pb::DecoupleReply {
+                range_start: range.start,
+                range_end: range.end,
+                subtree: cudele_namespace::store_key::encode_frames(&ops),
+                merged_seq,
+            })
+        })
+        .await
+    }
+
+    async fn merge(&self, request: Request<pb::MergeRequest>) -> Reply<pb::MergeReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let request = request.into_inner();
+        instrumented(&self.mds, "merge", async {
+            let (name, bytes) = if request.journal_object.is_empty() {
+                ("inline client journal".to_string(), bytes::Bytes::from(request.journal))
+            } else {
+                let bytes = self
+                    .mds
+                    .objects
+                    .get(&request.journal_object)
+                    .await
+                    .map_err(|error| NsError::Io(format!("reading {}: {error}", request.journal_object)))?;
+                (request.journal_object.clone(), bytes)
+            };
+            let contents = cudele_journal::segment::read_segment(&bytes).map_err(|error| {
+                tracing::info!(%error, journal = %name, "merge refused: bad client journal");
+                NsError::InvalidArgument("the client journal is corrupt or not a cudele journal")
+            })?;
+            if contents.torn_tail {
+                return Err(NsError::InvalidArgument("the client journal is truncated"));
+            }
+            let summary =
+                self.mds.merge(origin, request.ino, contents.records, request.recouple, request.operator).await?;
+            Ok(pb::MergeReply {
+                events_applied: summary.applied,
+                events_skipped: summary.skipped,
+                events_already_merged: summary.already_merged,
+                merged_seq: summary.merged_seq,
+                skip_reasons: summary.skip_reasons,
+            })
         })
         .await
     }
@@ -552,11 +611,12 @@ impl mds_server::Mds for MdsService {
         }))
     }
 
-    async fn dump(&self, _request: Request<pb::Empty>) -> Reply<pb::DumpReply> {
+    async fn dump(&self, request: Request<pb::Empty>) -> Reply<pb::DumpReply> {
+        let origin = session_of(&self.mds, &request)?;
         instrumented(
             &self.mds,
             "dump",
-            self.mds.read(|namespace| {
+            self.mds.read(origin, ROOT_INO, |namespace| {
                 Ok(pb::DumpReply {
                     dump: namespace.dump(),
                     invariant_violation: namespace.check_invariants().err().unwrap_or_default(),

@@ -7,16 +7,14 @@
 
 use crate::metastore::MetaStore;
 use anyhow::{bail, Context, Result};
-use cudele_journal::segment::{encode_frame, FrameReader};
 use cudele_journal::store::JournalStore;
 use cudele_journal::Seq;
-use cudele_namespace::{decode_entry, StoreValue};
+use cudele_namespace::store_key::{decode_frames, encode_framed_entry};
+use cudele_namespace::StoreValue;
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"CDLSNAP1";
 const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8 + 8;
-/// Largest key/value pair a snapshot frame may hold (an inode with many large xattrs).
-const SNAPSHOT_ENTRY_BYTES_MAX: usize = 64 << 20;
 pub const SNAPSHOT_PREFIX: &str = "snapshots/";
 /// Snapshots kept after a new one is written (the newest and the one before it).
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -33,13 +31,8 @@ pub fn parse_snapshot_object_name(name: &str) -> Option<Seq> {
 pub fn encode_snapshot(store: &dyn MetaStore, seq: Seq) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut count: u64 = 0;
-    let mut payload = Vec::new();
     store.scan(&mut |key, value| {
-        payload.clear();
-        payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        payload.extend_from_slice(key);
-        payload.extend_from_slice(value);
-        encode_frame(&payload, &mut body);
+        encode_framed_entry(key, value, &mut body);
         count += 1;
         Ok(())
     })?;
@@ -63,20 +56,8 @@ pub fn decode_snapshot(name: &str, bytes: &[u8]) -> Result<(Seq, Vec<StoreValue>
     }
     let seq = u64::from_le_bytes(bytes[12..20].try_into()?);
     let count = u64::from_le_bytes(bytes[20..28].try_into()?);
-    let mut values = Vec::new();
-    let mut reader = FrameReader::new(&bytes[SNAPSHOT_HEADER_BYTES..], SNAPSHOT_ENTRY_BYTES_MAX)
-        .with_base_offset(SNAPSHOT_HEADER_BYTES as u64);
-    for frame in reader.by_ref() {
-        let frame = frame.with_context(|| format!("{name}: corrupt snapshot"))?.payload;
-        if frame.len() < 4 {
-            bail!("{name}: frame shorter than its key length");
-        }
-        let key_length = u32::from_le_bytes(frame[..4].try_into()?) as usize;
-        let key = frame.get(4..4 + key_length).with_context(|| format!("{name}: key runs past its frame"))?;
-        let value = &frame[4 + key_length..];
-        values.push(decode_entry(key, value).map_err(|error| anyhow::anyhow!("{name}: {error}"))?);
-    }
-    if reader.torn_tail() || values.len() as u64 != count {
+    let values = decode_frames(&bytes[SNAPSHOT_HEADER_BYTES..]).map_err(|error| anyhow::anyhow!("{name}: {error}"))?;
+    if values.len() as u64 != count {
         bail!("{name}: truncated snapshot ({} of {count} entries)", values.len());
     }
     Ok((seq, values))

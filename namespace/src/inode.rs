@@ -30,6 +30,8 @@ pub struct Decoupling {
     pub range: InodeRange,
     /// The policies.yml text in force while decoupled.
     pub policy: Vec<u8>,
+    /// The owner's client-journal events through this sequence number are merged.
+    pub merged_seq: u64,
 }
 
 /// Everything the metadata store keeps about one inode (entries of a directory are stored

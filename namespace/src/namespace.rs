@@ -42,6 +42,19 @@ pub struct Touched {
 }
 
 impl Touched {
+    pub(crate) fn insert_inode(&mut self, ino: Ino) {
+        self.inodes.insert(ino);
+    }
+    pub(crate) fn insert_dentry(&mut self, parent: Ino, name: Vec<u8>) {
+        self.dentries.insert((parent, name));
+    }
+    /// Everything another touched set names, too.
+    pub fn extend(&mut self, other: &Touched) {
+        self.inodes.extend(other.inodes.iter().copied());
+        self.dentries.extend(other.dentries.iter().cloned());
+        self.sessions.extend(other.sessions.iter().copied());
+        self.allocator |= other.allocator;
+    }
     /// Inodes whose attributes or existence changed (for cache invalidation).
     pub fn inodes(&self) -> impl Iterator<Item = Ino> + '_ {
         self.inodes.iter().copied()
@@ -323,6 +336,16 @@ impl Namespace {
         None
     }
 
+    /// The inode `name` in `parent` names, if any.
+    pub fn child_of(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
+        self.child(parent, name)
+    }
+
+    /// Is `ancestor` the directory `ino` or one of its ancestors?
+    pub fn is_ancestor_of(&self, ancestor: Ino, ino: Ino) -> bool {
+        self.is_ancestor(ancestor, ino)
+    }
+
     /// Is `ancestor` the directory `ino` or one of its ancestors?
     fn is_ancestor(&self, ancestor: Ino, ino: Ino) -> bool {
         let mut current = ino;
@@ -468,7 +491,7 @@ impl Namespace {
                     return Err(NsError::Busy("already inside a decoupled subtree"));
                 }
                 self.inode_mut(*ino).record.decoupling =
-                    Some(Decoupling { owner: *owner, range: *range, policy: policy.clone() });
+                    Some(Decoupling { owner: *owner, range: *range, policy: policy.clone(), merged_seq: 0 });
                 self.reserve_range(*range, &mut touched)?;
                 touched.inodes.insert(*ino);
             }
@@ -494,6 +517,19 @@ impl Namespace {
                 self.sessions
                     .insert(*session, SessionRecord { session: *session, client: client.clone(), opened: *time });
                 touched.sessions.insert(*session);
+            }
+            Event::Merged { ino, owner, through_seq } => {
+                let decoupling = self.record(*ino)?.decoupling.as_ref().ok_or(NsError::InvalidArgument("the directory is not decoupled"))?;
+                if decoupling.owner != *owner {
+                    return Err(NsError::Busy("the subtree is decoupled by another client"));
+                }
+                if *through_seq < decoupling.merged_seq {
+                    return Err(NsError::InvalidArgument("merge position going backwards"));
+                }
+                if let Some(decoupling) = self.inode_mut(*ino).record.decoupling.as_mut() {
+                    decoupling.merged_seq = *through_seq;
+                }
+                touched.inodes.insert(*ino);
             }
             Event::SessionClose { session } => {
                 if self.sessions.remove(session).is_none() {
@@ -650,12 +686,8 @@ impl Namespace {
                     self.inode_mut(gains).record.attr.nlink += 1;
                     self.inode_mut(loses).record.attr.nlink -= 1;
                 }
-                if source_is_directory {
-                    self.inode_mut(source).record.parent = target_parent;
-                }
-                if target_is_directory {
-                    self.inode_mut(target).record.parent = source_parent;
-                }
+                self.inode_mut(source).record.parent = target_parent;
+                self.inode_mut(target).record.parent = source_parent;
                 for (parent, name, ino) in [(source_parent, source_name, source), (target_parent, target_name, target)]
                 {
                     let directory = &mut self.inode_mut(parent).record.attr;
@@ -698,8 +730,10 @@ impl Namespace {
         if source_is_directory && source_parent != target_parent {
             self.inode_mut(source_parent).record.attr.nlink -= 1;
             self.inode_mut(target_parent).record.attr.nlink += 1;
-            self.inode_mut(source).record.parent = target_parent;
         }
+        // Files keep the directory of their latest name too (it decides which decoupled
+        // subtree, if any, they belong to).
+        self.inode_mut(source).record.parent = target_parent;
         self.inode_mut(source).record.attr.ctime = time;
         touched.inodes.insert(source);
         Ok(())

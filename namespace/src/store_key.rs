@@ -99,3 +99,43 @@ pub fn decode_entry(key: &[u8], value: &[u8]) -> Result<StoreValue, String> {
         StoreKey::Allocator => StoreValue::Allocator(decode(value)?),
     })
 }
+
+/// Frame store puts as (u32 key length LE, key, value) payloads with the journal's framing,
+/// the form subtree snapshots travel in. Deletes are not framed.
+pub fn encode_frames(ops: &[StoreOp]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        if let StoreOp::Put(key, value) = op {
+            encode_framed_entry(&key.encode(), value, &mut out);
+        }
+    }
+    out
+}
+
+/// Append one encoded key/value pair as a frame.
+pub fn encode_framed_entry(key: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    let mut payload = Vec::with_capacity(4 + key.len() + value.len());
+    payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    payload.extend_from_slice(key);
+    payload.extend_from_slice(value);
+    cudele_journal::segment::encode_frame(&payload, out);
+}
+
+/// Largest framed key/value pair accepted (an inode with many large xattrs).
+pub const FRAMED_ENTRY_BYTES_MAX: usize = 64 << 20;
+
+/// Decode what [`encode_frames`] produced; any damage (or a truncated end) is an error.
+pub fn decode_frames(bytes: &[u8]) -> Result<Vec<StoreValue>, String> {
+    let mut values = Vec::new();
+    let mut reader = cudele_journal::segment::FrameReader::new(bytes, FRAMED_ENTRY_BYTES_MAX);
+    for frame in reader.by_ref() {
+        let payload = frame.map_err(|error| error.to_string())?.payload;
+        let key_length = payload.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or("short frame")?;
+        let key = payload.get(4..4 + key_length).ok_or("key runs past its frame")?;
+        values.push(decode_entry(key, &payload[4 + key_length..])?);
+    }
+    if reader.torn_tail() {
+        return Err("truncated".to_string());
+    }
+    Ok(values)
+}
