@@ -11,12 +11,15 @@
 //! - [`recovery`]: startup from the metadata store and/or the object store.
 //! - [`run`]: configuration and wiring of all of the above into a running server.
 //! - [`metrics_names`]: every exported metric name.
+//! - [`replica`]: elastic metadata cache replicas — registry, coherence, autoscaler, launcher,
+//!   and the replica process itself (`cudele-mds replica`).
 
 pub mod journal_writer;
 pub mod metastore;
 pub mod metrics_names;
 pub mod persist;
 pub mod recovery;
+pub mod replica;
 pub mod run;
 pub mod server;
 pub mod service;

@@ -1,25 +1,57 @@
-//! The `cudele-mds` command: parse options, set up logging and metrics, run the server.
+//! The `cudele-mds` command: parse options, set up logging and metrics, run the server — or,
+//! with the `replica` subcommand, one metadata cache replica instance.
+//!
+//! `cudele-mds --listen ADDR --data-dir DIR ...` (no subcommand) runs the server, exactly as
+//! `cudele-mds serve ...` does.
 
-use anyhow::{Context, Result};
-use clap::Parser;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
 use cudele_journal::store::StoreOptions;
 use cudele_mds::persist::PersistConfig;
+use cudele_mds::replica::instance::{run_instance, InstanceConfig};
+use cudele_mds::replica::settings::{
+    InstanceOptions, ReplicaSettings, INSTANCE_CACHE_ITEMS_MAX_DEFAULT, INSTANCE_CONCURRENCY_LIMIT_DEFAULT,
+    INSTANCE_QUEUE_LENGTH_MAX_DEFAULT,
+};
 use cudele_mds::run::{run, MdsConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::sync::watch;
+
+/// Worker threads of a replica instance's runtime (many instances share a machine).
+const REPLICA_WORKER_THREADS: usize = 2;
 
 /// The cudele metadata server: one authority for the namespace, journaled to an object store.
 #[derive(Parser, Debug)]
-#[command(version, about)]
-struct Options {
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeOptions,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the metadata server (also what `cudele-mds` without a subcommand does).
+    Serve(ServeOptions),
+    /// Run one metadata cache replica instance: it registers with the MDS, caches and serves
+    /// lookup/getattr/readdir for one deployment, and follows the MDS's invalidations. The
+    /// MDS's autoscaler starts these itself; start one by hand to add fixed capacity.
+    Replica(ReplicaOptions),
+}
+
+#[derive(Args, Debug)]
+struct ServeOptions {
     /// Address to serve gRPC on (port 0 picks a free port; the chosen address is printed and
     /// written to DATA_DIR/mds.addr).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Local state: the RocksDB metadata store and, by default, the object directory.
+    /// Local state: the RocksDB metadata store and, by default, the object directory. Required.
+    // Optional to clap only so that `cudele-mds replica ...` parses; `serve` checks it.
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// Where the journal, snapshots and file data live: file:///dir, memory://, s3://bucket/prefix.
     /// Default: DATA_DIR/objects.
     #[arg(long)]
@@ -51,6 +83,98 @@ struct Options {
     /// How often a snapshot is written to the object store (then covered segments are trimmed).
     #[arg(long, default_value_t = 30_000, help_heading = "Tuning")]
     snapshot_interval_ms: u64,
+    #[command(flatten)]
+    replicas: ReplicaArgs,
+}
+
+/// Elastic metadata cache replicas (DESIGN.md §7).
+#[derive(Args, Debug)]
+struct ReplicaArgs {
+    /// Cache deployments the namespace is partitioned into (by parent directory); 0 turns
+    /// replicas off.
+    #[arg(long, default_value_t = 0, help_heading = "Replicas")]
+    replica_deployments: u32,
+    /// Instances each deployment keeps at least.
+    #[arg(long, default_value_t = 1, help_heading = "Replicas")]
+    replica_min: u32,
+    /// Instances each deployment runs at most.
+    #[arg(long, default_value_t = 4, help_heading = "Replicas")]
+    replica_max: u32,
+    /// Average concurrent requests (in service or waiting) per instance the autoscaler aims at.
+    #[arg(long, default_value_t = 4.0, help_heading = "Replicas")]
+    replica_target_concurrency: f64,
+    /// Least time between two scaling decisions of one deployment.
+    #[arg(long, default_value_t = 2_000, help_heading = "Replicas")]
+    replica_cooldown_ms: u64,
+    /// How long a deployment must have surplus instances before one is stopped.
+    #[arg(long, default_value_t = 10_000, help_heading = "Replicas")]
+    replica_idle_ms: u64,
+    /// An instance without a heartbeat for this long is dead (and a write that found it
+    /// unresponsive waits this long at most).
+    #[arg(long, default_value_t = 2_000, help_heading = "Replicas")]
+    replica_lease_ms: u64,
+    /// How long a write waits for an instance's invalidation ACK before declaring it dead.
+    #[arg(long, default_value_t = 500, help_heading = "Replicas")]
+    replica_ack_timeout_ms: u64,
+    /// How often the autoscaler decides.
+    #[arg(long, default_value_t = 250, help_heading = "Replicas")]
+    replica_autoscale_interval_ms: u64,
+    /// Requests one instance serves at once.
+    #[arg(long, default_value_t = INSTANCE_CONCURRENCY_LIMIT_DEFAULT, help_heading = "Replicas")]
+    replica_concurrency_limit: u32,
+    /// Requests waiting per instance before it refuses more.
+    #[arg(long, default_value_t = INSTANCE_QUEUE_LENGTH_MAX_DEFAULT, help_heading = "Replicas")]
+    replica_queue_length_max: u32,
+    /// Artificial service time per request, to bound each instance's capacity (benchmarks).
+    #[arg(long, default_value_t = 0, help_heading = "Replicas")]
+    replica_service_time_us: u64,
+    /// Cached items per instance.
+    #[arg(long, default_value_t = INSTANCE_CACHE_ITEMS_MAX_DEFAULT, help_heading = "Replicas")]
+    replica_cache_items_max: usize,
+    /// Host launched instances listen on.
+    #[arg(long, default_value = "127.0.0.1", help_heading = "Replicas")]
+    replica_listen_host: String,
+}
+
+#[derive(Args, Debug)]
+struct ReplicaOptions {
+    /// The MDS to register with (host:port).
+    #[arg(long)]
+    mds: String,
+    /// The deployment (0..N-1) this instance caches.
+    #[arg(long)]
+    deployment: u32,
+    /// Address to serve on (port 0 picks a free port; it is printed and registered).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// File holding the shared secret (the MDS's).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Requests served at once.
+    #[arg(long, default_value_t = INSTANCE_CONCURRENCY_LIMIT_DEFAULT)]
+    concurrency_limit: u32,
+    /// Requests waiting for a slot before more are refused.
+    #[arg(long, default_value_t = INSTANCE_QUEUE_LENGTH_MAX_DEFAULT)]
+    queue_length_max: u32,
+    /// Artificial time each request holds its slot (bounds capacity; millisecond resolution).
+    #[arg(long, default_value_t = 0)]
+    service_time_us: u64,
+    /// Cached items before eviction.
+    #[arg(long, default_value_t = INSTANCE_CACHE_ITEMS_MAX_DEFAULT)]
+    cache_items_max: usize,
+    /// Set by the MDS's autoscaler for instances it starts.
+    #[arg(long, default_value_t = 0)]
+    launch_id: u64,
+    /// Exit when the MDS stays unreachable this long.
+    #[arg(long, default_value_t = 30_000)]
+    mds_unreachable_exit_ms: u64,
+}
+
+fn read_token(path: Option<&PathBuf>) -> Result<Option<String>> {
+    path.map(|path| {
+        cudele_proto::auth::read_token_file(path).with_context(|| format!("reading token file {}", path.display()))
+    })
+    .transpose()
 }
 
 fn main() -> Result<()> {
@@ -58,17 +182,39 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let options = Options::parse();
-    let token = match &options.token_file {
-        Some(path) => Some(
-            cudele_proto::auth::read_token_file(path)
-                .with_context(|| format!("reading token file {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Serve(options)) => serve(options),
+        Some(Command::Replica(options)) => replica(options),
+        None => serve(cli.serve),
+    }
+}
+
+/// Stop when SIGINT or SIGTERM arrives.
+fn stop_on_signals(stop: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        let _ = stop.send(true);
+    });
+}
+
+fn serve(options: ServeOptions) -> Result<()> {
+    let Some(data_dir) = options.data_dir else { bail!("--data-dir is required (see --help)") };
+    let token = read_token(options.token_file.as_ref())?;
+    let replicas = &options.replicas;
     let config = MdsConfig {
         listen: options.listen,
-        data_dir: options.data_dir,
+        data_dir,
         object_store: options.object_store,
         store_options: StoreOptions {
             endpoint: options.s3_endpoint,
@@ -83,6 +229,25 @@ fn main() -> Result<()> {
             flush_interval: Duration::from_millis(options.flush_interval_ms),
             snapshot_interval: Duration::from_millis(options.snapshot_interval_ms),
         },
+        replicas: ReplicaSettings {
+            deployments: replicas.replica_deployments,
+            min_instances: replicas.replica_min,
+            max_instances: replicas.replica_max,
+            target_concurrency: replicas.replica_target_concurrency,
+            cooldown: Duration::from_millis(replicas.replica_cooldown_ms),
+            idle: Duration::from_millis(replicas.replica_idle_ms),
+            lease: Duration::from_millis(replicas.replica_lease_ms),
+            ack_timeout: Duration::from_millis(replicas.replica_ack_timeout_ms),
+            autoscale_interval: Duration::from_millis(replicas.replica_autoscale_interval_ms),
+            instance: InstanceOptions {
+                concurrency_limit: replicas.replica_concurrency_limit,
+                queue_length_max: replicas.replica_queue_length_max,
+                service_time: Duration::from_micros(replicas.replica_service_time_us),
+                cache_items_max: replicas.replica_cache_items_max,
+                listen_host: replicas.replica_listen_host.clone(),
+                token_file: options.token_file.clone(),
+            },
+        },
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -92,21 +257,29 @@ fn main() -> Result<()> {
                 .install()
                 .context("starting the metrics endpoint")?;
         }
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            let _ = stop.send(true);
-        });
+        let (stop, shutdown) = watch::channel(false);
+        stop_on_signals(stop);
         run(config, shutdown, None).await
+    })
+}
+
+fn replica(options: ReplicaOptions) -> Result<()> {
+    let config = InstanceConfig {
+        mds: options.mds,
+        deployment: options.deployment,
+        listen: options.listen,
+        token: read_token(options.token_file.as_ref())?,
+        launch_id: options.launch_id,
+        concurrency_limit: options.concurrency_limit,
+        queue_length_max: options.queue_length_max,
+        service_time: Duration::from_micros(options.service_time_us),
+        cache_items_max: options.cache_items_max,
+        mds_unreachable_exit: Duration::from_millis(options.mds_unreachable_exit_ms),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(REPLICA_WORKER_THREADS).enable_all().build()?;
+    runtime.block_on(async move {
+        let (stop, shutdown) = watch::channel(false);
+        stop_on_signals(stop);
+        run_instance(config, shutdown, None).await
     })
 }

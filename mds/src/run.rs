@@ -5,6 +5,8 @@ use crate::journal_writer::JournalWriter;
 use crate::metastore::{MetaStore, RocksStore};
 use crate::persist::{PersistConfig, PersistProgress, Persister};
 use crate::recovery::recover;
+use crate::replica::settings::ReplicaSettings;
+use crate::replica::wiring::ReplicaLayer;
 use crate::server::Mds;
 use crate::service::MdsService;
 use crate::sessions::Sessions;
@@ -12,6 +14,7 @@ use anyhow::{Context, Result};
 use cudele_journal::store::{JournalStore, StoreOptions};
 use cudele_proto::auth::{token_matches, AUTHORIZATION_HEADER};
 use cudele_proto::pb::mds_server::MdsServer;
+use cudele_proto::replica_pb::coordinator_server::CoordinatorServer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -36,6 +39,8 @@ pub struct MdsConfig {
     pub lease: Duration,
     pub invalidation_ack_timeout: Duration,
     pub persist: PersistConfig,
+    /// Elastic metadata cache replicas (off unless `deployments > 0`).
+    pub replicas: ReplicaSettings,
 }
 
 impl MdsConfig {
@@ -86,7 +91,16 @@ pub async fn run(
     let persister_task = tokio::spawn(persister.run(durable_receiver, drain_receiver));
 
     let sessions = Sessions::new(config.lease, config.invalidation_ack_timeout);
-    let mds = Arc::new(Mds::new(recovered.namespace, journal.clone(), sessions, progress, url.clone(), objects.clone()));
+    let replicas = ReplicaLayer::new(config.replicas.clone(), config.token.clone())?;
+    let mds = Arc::new(Mds::new(
+        recovered.namespace,
+        journal.clone(),
+        sessions,
+        progress,
+        url.clone(),
+        objects.clone(),
+        replicas.coherence.clone(),
+    ));
     let reaper_task = tokio::spawn(reap_expired_sessions(mds.clone(), shutdown.clone()));
 
     let listener =
@@ -109,18 +123,25 @@ pub async fn run(
         }
         Ok(request)
     };
-    let service = MdsServer::with_interceptor(MdsService { mds: mds.clone() }, authenticate);
+    let service = MdsServer::with_interceptor(MdsService { mds: mds.clone() }, authenticate.clone());
+    let coordinator = CoordinatorServer::with_interceptor(replicas.coordinator_service(mds.clone()), authenticate);
+    let autoscaler_task = replicas.spawn_autoscaler(address, shutdown.clone());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .tcp_nodelay(true)
         .add_service(service)
+        .add_service(coordinator)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await
         .context("serving gRPC")?;
 
+    if let Some(task) = autoscaler_task {
+        // It saw the same shutdown signal and stops its instances.
+        let _ = task.await;
+    }
     tracing::info!("shutting down: draining the journal");
     let _ = drain_sender.send(true);
     let _ = writer_task.await;

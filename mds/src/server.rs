@@ -8,6 +8,7 @@
 use crate::journal_writer::JournalWriter;
 use crate::metrics_names;
 use crate::persist::PersistProgress;
+use crate::replica::coherence::Coherence;
 use crate::sessions::Sessions;
 use cudele_journal::{Event, Ino, Seq, SessionId};
 use cudele_namespace::{Namespace, NsError, NsResult};
@@ -25,6 +26,8 @@ pub struct Mds {
     pub objects: Arc<cudele_journal::store::JournalStore>,
     pub started: Instant,
     operations: Mutex<BTreeMap<&'static str, u64>>,
+    /// Cache replicas to invalidate before a mutation is acknowledged (DESIGN.md §7).
+    pub replicas: Arc<Coherence>,
 }
 
 impl Mds {
@@ -35,6 +38,7 @@ impl Mds {
         progress: Arc<PersistProgress>,
         object_store_url: String,
         objects: Arc<cudele_journal::store::JournalStore>,
+        replicas: Arc<Coherence>,
     ) -> Self {
         // Sessions known from before a restart get a fresh lease so their mounts can resume.
         for session in namespace.sessions() {
@@ -49,6 +53,7 @@ impl Mds {
             objects,
             started: Instant::now(),
             operations: Mutex::new(BTreeMap::new()),
+            replicas,
         }
     }
 
@@ -84,19 +89,21 @@ impl Mds {
         build: impl FnOnce(&Namespace) -> NsResult<Event>,
         reply: impl FnOnce(&Namespace, &Event) -> R,
     ) -> NsResult<R> {
-        let (seq, touched, result) = {
+        let (seq, touched, result, replica_plan) = {
             let mut namespace = self.namespace.write().expect("namespace lock poisoned");
             let event = build(&namespace)?;
             cudele_namespace::validate_event(&event)?;
             check_interference(&namespace, origin, &event)?;
             let touched = namespace.apply(&event)?;
+            let replica_plan = self.replicas.plan(&namespace, &touched, [&event]);
             let result = reply(&namespace, &event);
             let changes = namespace.store_ops(&touched);
             let seq = self.journal.append(event, changes);
-            (seq, touched, result)
+            (seq, touched, result, replica_plan)
         };
         metrics::gauge!(metrics_names::INODES).set(self.inode_count() as f64);
         self.journal.wait_durable(seq).await.map_err(NsError::Io)?;
+        self.replicas.invalidate(replica_plan).await;
         let inodes: Vec<Ino> = touched.inodes().collect();
         let entries: Vec<(Ino, Vec<u8>)> = touched.dentries().cloned().collect();
         let unresponsive = self.sessions.invalidate(origin, inodes, entries).await;
@@ -280,7 +287,7 @@ impl Mds {
         recouple: bool,
         operator: bool,
     ) -> NsResult<MergeSummary> {
-        let (seq, touched, summary) = {
+        let (seq, touched, summary, replica_plan) = {
             let mut namespace = self.namespace.write().expect("namespace lock poisoned");
             let owner = match namespace.record(ino)?.decoupling.as_ref() {
                 Some(decoupling) => decoupling.owner,
@@ -338,10 +345,12 @@ impl Mds {
                 group.push((event, namespace.store_ops(&recouple_touched)));
                 touched.extend(&recouple_touched);
             }
+            let replica_plan = self.replicas.plan(&namespace, &touched, group.iter().map(|(event, _)| event));
             let seq = self.journal.append_group(group);
-            (seq, touched, summary)
+            (seq, touched, summary, replica_plan)
         };
         self.journal.wait_durable(seq).await.map_err(NsError::Io)?;
+        self.replicas.invalidate(replica_plan).await;
         let inodes: Vec<Ino> = touched.inodes().collect();
         let entries: Vec<(Ino, Vec<u8>)> = touched.dentries().cloned().collect();
         for session in self.sessions.invalidate(origin, inodes, entries).await {

@@ -6,13 +6,22 @@
 //! - [`convert`]: wire <-> domain conversions (attributes, kinds, timestamps).
 //! - [`status`]: NsError <-> tonic::Status (errno travels in `cudele-errno` metadata).
 //! - [`auth`]: the metadata header names and the token check.
+//! - [`replica_pb`]: the replica contract (proto/replica.proto): `Replica` and `Coordinator`.
+//! - [`partition`]: the one partition function of the replica layer (directory -> deployment).
+//! - [`routing`]: routing reads to replica instances with retry, backoff and MDS fallback.
 
 pub mod pb {
     tonic::include_proto!("cudele.v1");
 }
 
+pub mod replica_pb {
+    include!(concat!(env!("OUT_DIR"), "/replica/cudele.replica.v1.rs"));
+}
+
 pub mod auth;
 pub mod convert;
+pub mod partition;
+pub mod routing;
 pub mod status;
 
 pub use status::{error_from_status, status_from_error};

@@ -42,6 +42,8 @@ pub struct MdsProcess {
     pub address: SocketAddr,
     pub data_dir: PathBuf,
     pub args: Vec<String>,
+    /// Extra environment variables of the child (kept for `restart`).
+    pub env: Vec<(String, String)>,
 }
 
 impl MdsProcess {
@@ -51,7 +53,17 @@ impl MdsProcess {
     }
 
     pub fn start_on(data_dir: &Path, listen: &str, args: &[&str]) -> Result<MdsProcess> {
+        Self::start_on_with_env(data_dir, listen, args, &[])
+    }
+
+    /// Start with extra environment variables for the child (e.g. S3 credentials).
+    pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<MdsProcess> {
+        Self::start_on_with_env(data_dir, "127.0.0.1:0", args, env)
+    }
+
+    pub fn start_on_with_env(data_dir: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Result<MdsProcess> {
         let mut command = Command::new(binary("cudele-mds"));
+        command.envs(env.iter().copied());
         command
             .arg("--listen")
             .arg(listen)
@@ -84,6 +96,7 @@ impl MdsProcess {
             address,
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|arg| arg.to_string()).collect(),
+            env: env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect(),
         })
     }
 
@@ -122,11 +135,12 @@ impl MdsProcess {
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
         let listen = self.address.to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             // The port may linger briefly; retry the same address.
-            match Self::start_on(&self.data_dir, &listen, &args) {
+            match Self::start_on_with_env(&self.data_dir, &listen, &args, &env) {
                 Ok(mut started) => {
                     self.child = started.child.take();
                     return Ok(());
@@ -186,10 +200,8 @@ pub async fn connect(address: SocketAddr, headers: Headers) -> Result<ApiClient>
 /// Connect and open a session; returns the client carrying that session.
 pub async fn connect_session(address: SocketAddr, token: Option<String>, name: &str) -> Result<(ApiClient, u64)> {
     let mut client = connect(address, Headers { token: token.clone(), session: None }).await?;
-    let reply = client
-        .open_session(cudele_proto::pb::OpenSessionRequest { client_name: name.to_string() })
-        .await?
-        .into_inner();
+    let reply =
+        client.open_session(cudele_proto::pb::OpenSessionRequest { client_name: name.to_string() }).await?.into_inner();
     let client = connect(address, Headers { token, session: Some(reply.session) }).await?;
     Ok((client, reply.session))
 }
@@ -197,4 +209,386 @@ pub async fn connect_session(address: SocketAddr, token: Option<String>, name: &
 /// The errno a failed call carried (EIO if none).
 pub fn errno_of(status: &tonic::Status) -> i32 {
     cudele_proto::error_from_status(status).errno()
+}
+
+// ----- Helpers for the API, crash, rebuild and S3 tests and the benchmark -----
+
+/// How a `cudele-mds` run that was expected to refuse to start ended.
+#[derive(Debug)]
+pub struct RefusedStart {
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
+}
+
+/// Run `cudele-mds` on `data_dir` expecting it to refuse to start: wait (bounded) for it to
+/// exit and return its exit status and stderr. An MDS that starts serving instead is killed
+/// and reported as an error.
+pub fn run_mds_expecting_refusal(data_dir: &Path, args: &[&str]) -> Result<RefusedStart> {
+    let mut child = Command::new(binary("cudele-mds"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning cudele-mds")?;
+    let stdout = child.stdout.take().context("mds stdout")?;
+    let mut stderr = child.stderr.take().context("mds stderr")?;
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("cudele-mds listening on ") {
+                let _ = sender.send(line);
+            }
+        }
+    });
+    let deadline = Instant::now() + MDS_START_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let stderr = stderr_reader.join().unwrap_or_default();
+            return Ok(RefusedStart { status, stderr });
+        }
+        if let Ok(line) = receiver.try_recv() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("cudele-mds started ({line}) although it should have refused");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("cudele-mds neither started nor exited within {MDS_START_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `file://` URL of a local directory (made absolute).
+pub fn file_url(directory: &Path) -> String {
+    let absolute = directory.canonicalize().unwrap_or_else(|_| directory.to_path_buf());
+    format!("file://{}", absolute.display())
+}
+
+/// Poll `condition` every 20 ms until it holds or `timeout` passes; true if it held.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+use cudele_proto::pb;
+
+/// One session's client with a method per RPC, taking plain values and returning the reply's
+/// payload (or the gRPC status, whose errno [`errno_of`] extracts).
+#[derive(Clone)]
+pub struct Api {
+    pub client: ApiClient,
+    pub session: u64,
+}
+
+type Call<T> = std::result::Result<T, tonic::Status>;
+
+fn attr_of(reply: tonic::Response<pb::AttrReply>) -> Call<pb::Attr> {
+    reply.into_inner().attr.ok_or_else(|| tonic::Status::internal("reply without attributes"))
+}
+
+impl Api {
+    /// Connect and open a session named `name`.
+    pub async fn open(address: SocketAddr, token: Option<String>, name: &str) -> Result<Api> {
+        let (client, session) = connect_session(address, token, name).await?;
+        Ok(Api { client, session })
+    }
+
+    pub async fn lookup(&mut self, parent: u64, name: impl AsRef<[u8]>) -> Call<pb::Attr> {
+        attr_of(self.client.lookup(pb::EntryRequest { parent, name: name.as_ref().to_vec() }).await?)
+    }
+
+    pub async fn getattr(&mut self, ino: u64) -> Call<pb::Attr> {
+        attr_of(self.client.get_attr(pb::InoRequest { ino }).await?)
+    }
+
+    pub async fn setattr(&mut self, request: pb::SetAttrRequest) -> Call<pb::Attr> {
+        attr_of(self.client.set_attr(request).await?)
+    }
+
+    /// Create a node of any non-directory kind (regular, fifo, socket, devices).
+    pub async fn mknod(
+        &mut self,
+        parent: u64,
+        name: impl AsRef<[u8]>,
+        kind: pb::FileKind,
+        mode: u32,
+        rdev: u32,
+    ) -> Call<pb::Attr> {
+        let request =
+            pb::CreateRequest { parent, name: name.as_ref().to_vec(), kind: kind as i32, mode, uid: 0, gid: 0, rdev };
+        attr_of(self.client.create(request).await?)
+    }
+
+    /// Create a regular file with mode `mode`.
+    pub async fn create(&mut self, parent: u64, name: impl AsRef<[u8]>, mode: u32) -> Call<pb::Attr> {
+        self.mknod(parent, name, pb::FileKind::Regular, mode, 0).await
+    }
+
+    pub async fn mkdir(&mut self, parent: u64, name: impl AsRef<[u8]>, mode: u32) -> Call<pb::Attr> {
+        let request = pb::MkdirRequest { parent, name: name.as_ref().to_vec(), mode, uid: 0, gid: 0 };
+        attr_of(self.client.mkdir(request).await?)
+    }
+
+    pub async fn symlink(&mut self, parent: u64, name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Call<pb::Attr> {
+        let request = pb::SymlinkRequest {
+            parent,
+            name: name.as_ref().to_vec(),
+            target: target.as_ref().to_vec(),
+            uid: 0,
+            gid: 0,
+        };
+        attr_of(self.client.symlink(request).await?)
+    }
+
+    pub async fn link(&mut self, ino: u64, new_parent: u64, new_name: impl AsRef<[u8]>) -> Call<pb::Attr> {
+        attr_of(self.client.link(pb::LinkRequest { ino, new_parent, new_name: new_name.as_ref().to_vec() }).await?)
+    }
+
+    pub async fn unlink(&mut self, parent: u64, name: impl AsRef<[u8]>) -> Call<()> {
+        self.client.unlink(pb::EntryRequest { parent, name: name.as_ref().to_vec() }).await.map(|_| ())
+    }
+
+    pub async fn rmdir(&mut self, parent: u64, name: impl AsRef<[u8]>) -> Call<()> {
+        self.client.rmdir(pb::EntryRequest { parent, name: name.as_ref().to_vec() }).await.map(|_| ())
+    }
+
+    pub async fn rename(
+        &mut self,
+        parent: u64,
+        name: impl AsRef<[u8]>,
+        new_parent: u64,
+        new_name: impl AsRef<[u8]>,
+        mode: pb::RenameMode,
+    ) -> Call<()> {
+        let request = pb::RenameRequest {
+            parent,
+            name: name.as_ref().to_vec(),
+            new_parent,
+            new_name: new_name.as_ref().to_vec(),
+            mode: mode as i32,
+        };
+        self.client.rename(request).await.map(|_| ())
+    }
+
+    pub async fn readlink(&mut self, ino: u64) -> Call<Vec<u8>> {
+        Ok(self.client.readlink(pb::InoRequest { ino }).await?.into_inner().target)
+    }
+
+    /// One readdir page of at most `limit` entries after the name `after`.
+    pub async fn readdir_page(&mut self, ino: u64, after: &[u8], limit: u32, plus: bool) -> Call<pb::ReaddirReply> {
+        Ok(self.client.readdir(pb::ReaddirRequest { ino, after: after.to_vec(), limit, plus }).await?.into_inner())
+    }
+
+    /// Every entry of directory `ino`, read in pages of `limit`, resuming from the last name.
+    pub async fn readdir_all(&mut self, ino: u64, limit: u32) -> Call<Vec<pb::DirEntry>> {
+        let mut entries = Vec::new();
+        let mut after = Vec::new();
+        loop {
+            let page = self.readdir_page(ino, &after, limit, false).await?;
+            if let Some(last) = page.entries.last() {
+                after = last.name.clone();
+            }
+            let end = page.end || page.entries.is_empty();
+            entries.extend(page.entries);
+            if end {
+                return Ok(entries);
+            }
+        }
+    }
+
+    pub async fn set_xattr(
+        &mut self,
+        ino: u64,
+        name: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        mode: pb::XattrMode,
+    ) -> Call<()> {
+        let request = pb::SetXattrRequest {
+            ino,
+            name: name.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            mode: mode as i32,
+        };
+        self.client.set_xattr(request).await.map(|_| ())
+    }
+
+    pub async fn get_xattr(&mut self, ino: u64, name: impl AsRef<[u8]>, size: u32) -> Call<Vec<u8>> {
+        let request = pb::GetXattrRequest { ino, name: name.as_ref().to_vec(), size };
+        Ok(self.client.get_xattr(request).await?.into_inner().value)
+    }
+
+    pub async fn list_xattr(&mut self, ino: u64, size: u32) -> Call<Vec<u8>> {
+        Ok(self.client.list_xattr(pb::ListXattrRequest { ino, size }).await?.into_inner().value)
+    }
+
+    pub async fn remove_xattr(&mut self, ino: u64, name: impl AsRef<[u8]>) -> Call<()> {
+        self.client.remove_xattr(pb::RemoveXattrRequest { ino, name: name.as_ref().to_vec() }).await.map(|_| ())
+    }
+
+    pub async fn status(&mut self) -> Call<pb::StatusReply> {
+        Ok(self.client.status(pb::Empty {}).await?.into_inner())
+    }
+
+    pub async fn dump(&mut self) -> Call<pb::DumpReply> {
+        Ok(self.client.dump(pb::Empty {}).await?.into_inner())
+    }
+
+    /// The dump, after asserting that the namespace invariants hold.
+    pub async fn checked_dump(&mut self) -> String {
+        let reply = self.dump().await.expect("dump");
+        assert_eq!(reply.invariant_violation, "", "namespace invariant violated; dump:\n{}", reply.dump);
+        reply.dump
+    }
+}
+
+/// Bytes and count of the journal segment objects in a local object directory.
+pub fn segment_objects(objects_dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut segments: Vec<(PathBuf, u64)> = std::fs::read_dir(objects_dir.join("journal"))
+        .map(|listing| {
+            listing
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.file_name().to_string_lossy().ends_with(".seg"))
+                .map(|entry| (entry.path(), entry.metadata().map(|meta| meta.len()).unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    segments.sort();
+    segments
+}
+
+/// Build a varied subtree named `tag` under `parent`: nested directories, regular files with
+/// xattrs, sizes, layouts and modes, symlinks, hard links across directories, a FIFO and a
+/// device, then renames (plain, across directories, exchange), unlinks and an rmdir. About
+/// `5.5 * files_per_directory + 20` entries. Returns the subtree's inode.
+pub async fn populate(api: &mut Api, parent: u64, tag: &str, files_per_directory: usize) -> Call<u64> {
+    let top = api.mkdir(parent, tag, 0o755).await?.ino;
+    let mut directories = Vec::new();
+    for name in ["alpha", "beta", "gamma", "delta"] {
+        let directory = api.mkdir(top, name, 0o750).await?.ino;
+        let deep = api.mkdir(directory, "deep", 0o700).await?.ino;
+        api.mkdir(deep, "er", 0o755).await?;
+        directories.push(directory);
+    }
+    let mut files = Vec::new();
+    for (index, directory) in directories.iter().copied().enumerate() {
+        for number in 0..files_per_directory {
+            let name = format!("f{number:03}");
+            let file = api.create(directory, &name, 0o644).await?.ino;
+            api.set_xattr(file, "user.index", format!("{index}/{number}"), pb::XattrMode::XattrCreate).await?;
+            if number % 2 == 0 {
+                api.set_xattr(file, "user.blob", vec![number as u8; number * 13], pb::XattrMode::XattrUpsert).await?;
+            }
+            if number % 3 == 0 {
+                api.setattr(pb::SetAttrRequest { ino: file, size: Some(number as u64 * 1000), ..Default::default() })
+                    .await?;
+            }
+            if number % 4 == 1 {
+                let request = pb::SetLayoutRequest {
+                    ino: file,
+                    size: number as u64 * 4096 + 1,
+                    chunk_size_bytes: 1 << 22,
+                    mtime: Some(pb::Timestamp { seconds: 1_600_000_000 + number as i64, nanoseconds: 7 }),
+                };
+                api.client.set_layout(request).await?;
+            }
+            if number % 6 == 0 {
+                api.setattr(pb::SetAttrRequest {
+                    ino: file,
+                    mode: Some(0o4750),
+                    uid: Some(1000),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            if number % 5 == 0 {
+                api.symlink(directory, format!("l{number:03}"), format!("../{name}")).await?;
+            }
+            if number % 7 == 0 {
+                let next = directories[(index + 1) % directories.len()];
+                api.link(file, next, format!("h{index}-{number:03}")).await?;
+            }
+            files.push((directory, name, file));
+        }
+    }
+    api.mknod(top, "fifo", pb::FileKind::Fifo, 0o600, 0).await?;
+    api.mknod(top, "null", pb::FileKind::CharDevice, 0o666, libc::makedev(1, 3) as u32).await?;
+    for (position, (directory, name, _)) in files.iter().enumerate() {
+        let next = directories[(position / files_per_directory.max(1) + 1) % directories.len()];
+        match position % 11 {
+            0 => api.unlink(*directory, name).await?,
+            3 => {
+                api.rename(*directory, name, *directory, format!("renamed-{name}"), pb::RenameMode::RenameReplace)
+                    .await?
+            }
+            5 => {
+                api.rename(*directory, name, next, format!("moved-{position}"), pb::RenameMode::RenameNoreplace).await?
+            }
+            _ => {}
+        }
+    }
+    api.rename(directories[0], "deep", directories[1], "deep", pb::RenameMode::RenameExchange).await?;
+    let deep = api.lookup(directories[3], "deep").await?.ino;
+    api.rmdir(deep, "er").await?;
+    api.rmdir(directories[3], "deep").await?;
+    api.remove_xattr(files[1].2, "user.index").await?;
+    Ok(top)
+}
+
+/// Copy a directory tree (files and directories only).
+pub fn copy_tree(source: &Path, target: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    for entry in std::fs::read_dir(source)? {
+        let entry = entry?;
+        let destination = target.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &destination)?;
+        } else {
+            std::fs::copy(entry.path(), &destination)?;
+        }
+    }
+    Ok(())
+}
+
+/// Assert two `Dump` listings are identical, showing only the lines that differ.
+#[track_caller]
+pub fn assert_same_dump(actual: &str, expected: &str, context: &str) {
+    if actual == expected {
+        return;
+    }
+    let expected_lines: std::collections::BTreeSet<&str> = expected.lines().collect();
+    let actual_lines: std::collections::BTreeSet<&str> = actual.lines().collect();
+    let only_expected: Vec<&&str> = expected_lines.difference(&actual_lines).take(20).collect();
+    let only_actual: Vec<&&str> = actual_lines.difference(&expected_lines).take(20).collect();
+    panic!(
+        "{context}: dumps differ ({} lines expected, {} actual)\n only in expected (first 20):\n  {}\n only in actual \
+         (first 20):\n  {}",
+        expected.lines().count(),
+        actual.lines().count(),
+        only_expected.iter().map(|line| line.to_string()).collect::<Vec<_>>().join("\n  "),
+        only_actual.iter().map(|line| line.to_string()).collect::<Vec<_>>().join("\n  "),
+    );
 }

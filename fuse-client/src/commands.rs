@@ -1,0 +1,127 @@
+//! `cudele status` and `cudele gc`: operator commands that talk to the MDS directly.
+
+use crate::data::gc::{collect_garbage, GcReport};
+use crate::data::ChunkStore;
+use crate::error::ClientError;
+use crate::metadata::rpc::{lazy_channel, Headers};
+use crate::metadata::{Metadata, RemoteMetadata, RemoteOptions};
+use crate::runtime::Blocking;
+use crate::sync::{Arc, AtomicU64};
+use cudele_journal::store::{JournalStore, StoreOptions};
+use cudele_namespace::NsError;
+use cudele_proto::pb::{self, mds_client::MdsClient};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long `cudele status` waits for the MDS.
+pub const STATUS_TIMEOUT_MS: u64 = 5_000;
+
+/// The token in `path`, if a path is given.
+pub fn read_token(path: Option<&Path>) -> Result<Option<String>, ClientError> {
+    path.map(|path| {
+        cudele_proto::auth::read_token_file(path)
+            .map_err(|cause| ClientError::TokenFile { path: path.display().to_string(), cause })
+    })
+    .transpose()
+}
+
+/// Ask the MDS at `server` for its status (no session needed).
+pub fn fetch_status(server: &str, token: Option<&str>) -> Result<pb::StatusReply, ClientError> {
+    let runtime = Blocking::new("cudele-status").map_err(ClientError::io("starting a runtime"))?;
+    let headers = Headers::new(token, Arc::new(AtomicU64::new(0)))?;
+    let channel = {
+        let _entered = runtime.handle().enter();
+        lazy_channel(server)?
+    };
+    let mut client = MdsClient::with_interceptor(channel, headers);
+    let reply = runtime.block_on(async move {
+        match tokio::time::timeout(Duration::from_millis(STATUS_TIMEOUT_MS), client.status(pb::Empty {})).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(NsError::Io(format!("{:?}: {}", status.code(), status.message()))),
+            Err(_) => Err(NsError::Io(format!("no reply within {STATUS_TIMEOUT_MS} ms"))),
+        }
+    });
+    reply.map_err(|error| ClientError::Unreachable { address: server.to_string(), reason: error.to_string() })
+}
+
+/// The status as JSON (stable field names, for scripts and tests).
+pub fn status_json(status: &pb::StatusReply) -> serde_json::Value {
+    serde_json::json!({
+        "version": status.version,
+        "uptime_ms": status.uptime_ms,
+        "inodes": status.inodes,
+        "object_store_url": status.object_store_url,
+        "sessions": status.sessions.iter().map(|session| serde_json::json!({
+            "session": session.session,
+            "client": session.client_name,
+            "lease_remaining_ms": session.lease_remaining_ms,
+        })).collect::<Vec<_>>(),
+        "journal": {
+            "durable_seq": status.journal_durable_seq,
+            "events": status.journal_events,
+            "bytes": status.journal_bytes,
+            "segments_pending": status.segments_pending,
+            "store_applied_seq": status.store_applied_seq,
+            "snapshot_seq": status.snapshot_seq,
+        },
+        "operations": status.operations.iter().collect::<std::collections::BTreeMap<_, _>>(),
+    })
+}
+
+/// The status as a table for people.
+pub fn status_table(server: &str, status: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "MDS {server}  version {}  up {:.1} s", status.version, status.uptime_ms as f64 / 1000.0);
+    let _ = writeln!(out, "object store   {}", status.object_store_url);
+    let _ = writeln!(out, "inodes         {}", status.inodes);
+    let _ = writeln!(
+        out,
+        "journal        durable seq {}  events {}  bytes {}  segments pending {}",
+        status.journal_durable_seq, status.journal_events, status.journal_bytes, status.segments_pending
+    );
+    let _ =
+        writeln!(out, "metadata store applied seq {}  snapshot seq {}", status.store_applied_seq, status.snapshot_seq);
+    let _ = writeln!(out, "\nSESSION  CLIENT                          LEASE LEFT");
+    for session in &status.sessions {
+        let _ = writeln!(
+            out,
+            "{:<8} {:<31} {:>7.1} s",
+            session.session,
+            session.client_name,
+            session.lease_remaining_ms as f64 / 1000.0
+        );
+    }
+    if status.sessions.is_empty() {
+        let _ = writeln!(out, "(none)");
+    }
+    let mut operations: Vec<_> = status.operations.iter().collect();
+    operations.sort();
+    let _ = writeln!(out, "\nOPERATION        COUNT");
+    for (name, count) in operations {
+        let _ = writeln!(out, "{name:<16} {count}");
+    }
+    out
+}
+
+/// `cudele gc`: collect unreferenced chunk objects. The store defaults to the MDS's.
+pub fn run_gc(
+    server: &str,
+    token: Option<String>,
+    store_url: Option<&str>,
+    grace: Duration,
+    dry_run: bool,
+) -> Result<GcReport, ClientError> {
+    let runtime = Blocking::new("cudele-gc").map_err(ClientError::io("starting a runtime"))?;
+    let mut options = RemoteOptions::new(server, token);
+    options.client_name = format!("{} (gc)", options.client_name);
+    let metadata = RemoteMetadata::connect(options, runtime.clone())?;
+    let url = store_url.map(str::to_string).unwrap_or_else(|| metadata.object_store_url());
+    let objects = JournalStore::open(&url, &StoreOptions::default())
+        .map_err(|error| ClientError::ObjectStore { url: url.clone(), reason: error.to_string() })?;
+    let store = ChunkStore::new(objects, runtime);
+    let report = collect_garbage(&metadata, &store, grace, dry_run)
+        .map_err(|error| ClientError::ObjectStore { url, reason: error.to_string() });
+    metadata.close();
+    report
+}

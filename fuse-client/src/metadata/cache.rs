@@ -1,0 +1,397 @@
+//! The client's cache of attributes, directory entries (positive and negative) and symlink
+//! targets, kept coherent by the MDS's invalidations.
+//!
+//! Coherence argument: the MDS acknowledges a write to its author only after every other
+//! subscribed session dropped what the write touched and acknowledged that. So once a
+//! mount has processed an invalidation, nothing it caches predates the write — except a
+//! read reply computed before the write that arrives after the invalidation. Every fill
+//! therefore names the [`CacheGeneration`] it saw before sending its RPC, and is dropped if
+//! any invalidation (or local mutation, or loss of the push channel) happened since.
+//!
+//! While the push channel is down the cache is disabled: nothing is served from it and
+//! nothing enters it, because nobody would tell us when it goes stale.
+
+use super::InodeAttr;
+use crate::sync::{lock, AtomicU64, Mutex, Ordering};
+use cudele_journal::Ino;
+use std::collections::HashMap;
+
+/// Most attributes plus directory entries held; on overflow the cache starts over (a
+/// cache miss costs one RPC, a wrong answer costs correctness, so keep eviction simple).
+pub const CACHE_ENTRIES_MAX: usize = 1 << 20;
+
+/// The cache's invalidation count when an RPC was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheGeneration(u64);
+
+/// What the cache knows about a name in a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CachedEntry {
+    /// The name does not exist (a negative entry).
+    Missing,
+    Present(InodeAttr),
+}
+
+/// Hit and miss counters, for `cudele status`-style reporting and tests.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub fills_dropped: AtomicU64,
+    pub invalidations: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    enabled: bool,
+    generation: u64,
+    attrs: HashMap<Ino, InodeAttr>,
+    /// parent -> name -> child (None: negative entry).
+    entries: HashMap<Ino, HashMap<Vec<u8>, Option<Ino>>>,
+    entry_count: usize,
+    symlinks: HashMap<Ino, Vec<u8>>,
+    /// ino -> xattr name -> value (None: the attribute does not exist). The kernel asks
+    /// for `security.capability` before every write, so the negative answers matter.
+    xattrs: HashMap<Ino, HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    xattr_count: usize,
+}
+
+/// Inserts allowed by one successful generation check.
+pub struct Filler<'a> {
+    state: &'a mut State,
+}
+
+impl Filler<'_> {
+    pub fn attr(&mut self, attr: &InodeAttr) {
+        self.state.make_room();
+        self.state.attrs.insert(attr.attr.ino, attr.clone());
+    }
+
+    /// `name` in `parent` names `child` (None: it does not exist).
+    pub fn entry(&mut self, parent: Ino, name: &[u8], child: Option<&InodeAttr>) {
+        self.state.make_room();
+        if let Some(attr) = child {
+            self.state.attrs.insert(attr.attr.ino, attr.clone());
+        }
+        let previous =
+            self.state.entries.entry(parent).or_default().insert(name.to_vec(), child.map(|attr| attr.attr.ino));
+        if previous.is_none() {
+            self.state.entry_count += 1;
+        }
+    }
+
+    pub fn symlink(&mut self, ino: Ino, target: &[u8]) {
+        self.state.make_room();
+        self.state.symlinks.insert(ino, target.to_vec());
+    }
+
+    /// Xattr `name` of `ino` has `value` (None: it does not exist).
+    pub fn xattr(&mut self, ino: Ino, name: &[u8], value: Option<&[u8]>) {
+        self.state.make_room();
+        if self.state.xattrs.entry(ino).or_default().insert(name.to_vec(), value.map(<[u8]>::to_vec)).is_none() {
+            self.state.xattr_count += 1;
+        }
+    }
+}
+
+impl State {
+    fn size(&self) -> usize {
+        self.attrs.len() + self.entry_count + self.symlinks.len() + self.xattr_count
+    }
+
+    fn make_room(&mut self) {
+        if self.size() >= CACHE_ENTRIES_MAX {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.attrs.clear();
+        self.entries.clear();
+        self.entry_count = 0;
+        self.symlinks.clear();
+        self.xattrs.clear();
+        self.xattr_count = 0;
+    }
+
+    fn drop_inode(&mut self, ino: Ino) {
+        self.attrs.remove(&ino);
+        self.symlinks.remove(&ino);
+        if let Some(names) = self.xattrs.remove(&ino) {
+            self.xattr_count -= names.len();
+        }
+    }
+
+    fn drop_entry(&mut self, parent: Ino, name: &[u8]) {
+        if let Some(names) = self.entries.get_mut(&parent) {
+            if names.remove(name).is_some() {
+                self.entry_count -= 1;
+            }
+            if names.is_empty() {
+                self.entries.remove(&parent);
+            }
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct MetadataCache {
+    state: Mutex<State>,
+    pub counters: CacheCounters,
+}
+
+impl MetadataCache {
+    /// A disabled, empty cache (enable it once the push channel is up).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn generation(&self) -> CacheGeneration {
+        CacheGeneration(lock(&self.state).generation)
+    }
+
+    fn count(&self, hit: bool) {
+        let counter = if hit { &self.counters.hits } else { &self.counters.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn attr(&self, ino: Ino) -> Option<InodeAttr> {
+        let state = lock(&self.state);
+        let found = state.enabled.then(|| state.attrs.get(&ino).cloned()).flatten();
+        self.count(found.is_some());
+        found
+    }
+
+    /// A positive entry counts only when the child's attributes are cached too.
+    pub fn entry(&self, parent: Ino, name: &[u8]) -> Option<CachedEntry> {
+        let state = lock(&self.state);
+        let found = if !state.enabled {
+            None
+        } else {
+            match state.entries.get(&parent).and_then(|names| names.get(name)) {
+                Some(None) => Some(CachedEntry::Missing),
+                Some(Some(child)) => state.attrs.get(child).cloned().map(CachedEntry::Present),
+                None => None,
+            }
+        };
+        self.count(found.is_some());
+        found
+    }
+
+    pub fn symlink(&self, ino: Ino) -> Option<Vec<u8>> {
+        let state = lock(&self.state);
+        let found = state.enabled.then(|| state.symlinks.get(&ino).cloned()).flatten();
+        self.count(found.is_some());
+        found
+    }
+
+    /// Xattr `name` of `ino`: Some(None) if known not to exist.
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> Option<Option<Vec<u8>>> {
+        let state = lock(&self.state);
+        let found = state.enabled.then(|| state.xattrs.get(&ino).and_then(|names| names.get(name)).cloned()).flatten();
+        self.count(found.is_some());
+        found
+    }
+
+    /// Insert what a read returned, unless anything was invalidated since `since`.
+    pub fn fill(&self, since: CacheGeneration, fill: impl FnOnce(&mut Filler<'_>)) {
+        let mut state = lock(&self.state);
+        if !state.enabled || state.generation != since.0 {
+            self.counters.fills_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        fill(&mut Filler { state: &mut state });
+    }
+
+    /// An invalidation pushed by the MDS: drop, then count it (so replies in flight from
+    /// before it are not inserted). The caller acknowledges to the MDS after this returns.
+    pub fn invalidate(&self, inodes: &[Ino], entries: &[(Ino, Vec<u8>)]) {
+        let mut state = lock(&self.state);
+        for ino in inodes {
+            state.drop_inode(*ino);
+        }
+        for (parent, name) in entries {
+            state.drop_entry(*parent, name);
+        }
+        state.generation += 1;
+        self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This mount changed the namespace: drop what the change touched, count it as an
+    /// invalidation (our reads in flight may predate it), then insert what the reply told
+    /// us if nothing else was invalidated since the request was sent at `since`.
+    pub fn local_change(
+        &self,
+        since: CacheGeneration,
+        inodes: &[Ino],
+        entries: &[(Ino, &[u8])],
+        fill: impl FnOnce(&mut Filler<'_>),
+    ) {
+        let mut state = lock(&self.state);
+        for ino in inodes {
+            state.drop_inode(*ino);
+        }
+        for (parent, name) in entries {
+            state.drop_entry(*parent, name);
+        }
+        let unchanged = state.generation == since.0;
+        state.generation += 1;
+        if state.enabled && unchanged {
+            fill(&mut Filler { state: &mut state });
+        } else {
+            self.counters.fills_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What `parent/name` points at, if cached (to know which inode a change touches).
+    pub fn cached_child(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
+        lock(&self.state).entries.get(&parent).and_then(|names| names.get(name)).copied().flatten()
+    }
+
+    /// The push channel is down: forget everything and stop caching.
+    pub fn disable(&self) {
+        let mut state = lock(&self.state);
+        state.enabled = false;
+        state.clear();
+        state.generation += 1;
+    }
+
+    /// The push channel is up (subscribed): start caching. Reads sent before now may
+    /// predate writes whose invalidations we never received, so they must not fill.
+    pub fn enable(&self) {
+        let mut state = lock(&self.state);
+        state.clear();
+        state.enabled = true;
+        state.generation += 1;
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        lock(&self.state).enabled
+    }
+
+    /// Attributes plus entries plus symlinks held.
+    pub fn len(&self) -> usize {
+        lock(&self.state).size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudele_journal::{FileKind, Timestamp};
+    use cudele_namespace::Attr;
+
+    fn attr(ino: Ino, size: u64) -> InodeAttr {
+        let time = Timestamp::default();
+        InodeAttr {
+            attr: Attr {
+                ino,
+                kind: FileKind::Regular,
+                perm: 0o644,
+                uid: 0,
+                gid: 0,
+                nlink: 1,
+                size,
+                rdev: 0,
+                atime: time,
+                mtime: time,
+                ctime: time,
+            },
+            chunk_size_bytes: 0,
+        }
+    }
+
+    /// A disabled cache neither serves nor stores anything.
+    #[test]
+    fn disabled_cache_is_inert() {
+        let cache = MetadataCache::new();
+        let since = cache.generation();
+        cache.fill(since, |filler| filler.attr(&attr(5, 1)));
+        assert_eq!(cache.attr(5), None);
+    }
+
+    /// Entries and attributes fill and are served; an invalidation drops exactly its targets.
+    #[test]
+    fn fill_then_invalidate() {
+        let cache = MetadataCache::new();
+        cache.enable();
+        let since = cache.generation();
+        cache.fill(since, |filler| {
+            filler.entry(1, b"a", Some(&attr(5, 1)));
+            filler.entry(1, b"missing", None);
+            filler.attr(&attr(6, 2));
+        });
+        assert_eq!(cache.entry(1, b"a"), Some(CachedEntry::Present(attr(5, 1))));
+        assert_eq!(cache.entry(1, b"missing"), Some(CachedEntry::Missing));
+        assert_eq!(cache.entry(1, b"other"), None);
+        cache.invalidate(&[5], &[(1, b"missing".to_vec())]);
+        assert_eq!(cache.entry(1, b"a"), None, "a positive entry needs its child's attributes");
+        assert_eq!(cache.entry(1, b"missing"), None);
+        assert_eq!(cache.attr(6), Some(attr(6, 2)));
+    }
+
+    /// The classic race: a read reply computed before a write, arriving after the write's
+    /// invalidation, must not be inserted.
+    #[test]
+    fn stale_reply_after_invalidation_is_dropped() {
+        let cache = MetadataCache::new();
+        cache.enable();
+        let before_read = cache.generation();
+        // ... the read RPC is in flight; another client's write invalidates inode 5 ...
+        cache.invalidate(&[5], &[]);
+        cache.fill(before_read, |filler| filler.attr(&attr(5, 1)));
+        assert_eq!(cache.attr(5), None);
+        assert_eq!(cache.counters.fills_dropped.load(Ordering::Relaxed), 1);
+    }
+
+    /// Our own mutation also fences reads that were in flight before it.
+    #[test]
+    fn local_change_fences_concurrent_reads() {
+        let cache = MetadataCache::new();
+        cache.enable();
+        let read_sent = cache.generation();
+        let write_sent = cache.generation();
+        cache.local_change(write_sent, &[5], &[], |filler| filler.attr(&attr(5, 100)));
+        assert_eq!(cache.attr(5), Some(attr(5, 100)));
+        cache.fill(read_sent, |filler| filler.attr(&attr(5, 1)));
+        assert_eq!(cache.attr(5), Some(attr(5, 100)), "the older read reply must not win");
+    }
+
+    /// Xattrs (present and absent) are cached per inode and go with the inode.
+    #[test]
+    fn xattrs_go_with_their_inode() {
+        let cache = MetadataCache::new();
+        cache.enable();
+        let since = cache.generation();
+        cache.fill(since, |filler| {
+            filler.xattr(5, b"user.a", Some(b"x"));
+            filler.xattr(5, b"security.capability", None);
+        });
+        assert_eq!(cache.xattr(5, b"user.a"), Some(Some(b"x".to_vec())));
+        assert_eq!(cache.xattr(5, b"security.capability"), Some(None));
+        assert_eq!(cache.xattr(5, b"user.b"), None);
+        cache.invalidate(&[5], &[]);
+        assert_eq!(cache.xattr(5, b"user.a"), None);
+        assert!(cache.is_empty());
+    }
+
+    /// Losing the push channel empties the cache; re-enabling fences reads sent meanwhile.
+    #[test]
+    fn disable_clears_and_enable_fences() {
+        let cache = MetadataCache::new();
+        cache.enable();
+        let since = cache.generation();
+        cache.fill(since, |filler| filler.attr(&attr(5, 1)));
+        cache.disable();
+        assert!(cache.is_empty());
+        let during_outage = cache.generation();
+        cache.enable();
+        cache.fill(during_outage, |filler| filler.attr(&attr(5, 1)));
+        assert_eq!(cache.attr(5), None);
+    }
+}

@@ -1,0 +1,125 @@
+//! The one trait between the filesystem and the namespace: [`Metadata`].
+//!
+//! Every handler in `fs` talks to metadata through this trait and never asks which
+//! implementation it has (DESIGN.md §6): [`LocalMetadata`] is an in-process namespace for
+//! tests, [`RemoteMetadata`] the gRPC client of cudele-mds with a coherent cache. A
+//! replica-routed reader and a decoupled subtree's local view are further implementations.
+//!
+//! Methods block; they are called from FUSE worker threads and tests, never from async code.
+
+pub mod cache;
+pub mod local;
+pub mod remote;
+pub mod rpc;
+
+use cudele_journal::{FileKind, Ino, RenameMode, Timestamp, XattrMode};
+use cudele_namespace::{Attr, DirEntry, NsResult};
+
+pub use local::LocalMetadata;
+pub use remote::{RemoteMetadata, RemoteOptions};
+
+/// An inode's attributes and the chunk size of its data objects (0: no data written yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InodeAttr {
+    pub attr: Attr,
+    pub chunk_size_bytes: u32,
+}
+
+/// A time a setattr sets: a given time, or the server's clock (UTIME_NOW).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeChange {
+    Now,
+    At(Timestamp),
+}
+
+/// The attribute changes of one setattr; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAttrChanges {
+    /// Permission bits including setuid, setgid and sticky (mode & 0o7777).
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeChange>,
+    pub mtime: Option<TimeChange>,
+}
+
+impl SetAttrChanges {
+    pub fn is_empty(&self) -> bool {
+        self == &SetAttrChanges::default()
+    }
+}
+
+/// Who owns a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One page of a directory listing: entries sorted by name, after the requested cursor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReaddirPage {
+    /// Each entry with its attributes when they were asked for (and still exist).
+    pub entries: Vec<(DirEntry, Option<InodeAttr>)>,
+    /// No entries follow the last one returned.
+    pub end: bool,
+}
+
+/// Capacity and usage, as statfs(2) reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub inodes: u64,
+    pub bytes: u64,
+    pub inodes_free: u64,
+    pub bytes_free: u64,
+    pub block_size_bytes: u32,
+    pub name_length_max_bytes: u32,
+}
+
+/// The namespace as the filesystem sees it. Errors carry the errno Linux would give
+/// (`NsError::errno`); transport failures that outlast the retry budget are `NsError::Io`.
+pub trait Metadata: Send + Sync {
+    fn lookup(&self, parent: Ino, name: &[u8]) -> NsResult<InodeAttr>;
+    fn getattr(&self, ino: Ino) -> NsResult<InodeAttr>;
+    fn setattr(&self, ino: Ino, changes: &SetAttrChanges) -> NsResult<InodeAttr>;
+    /// A regular file, fifo, socket or device node. `mode` holds permission bits only.
+    fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        owner: Owner,
+        rdev: u32,
+    ) -> NsResult<InodeAttr>;
+    fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, owner: Owner) -> NsResult<InodeAttr>;
+    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], owner: Owner) -> NsResult<InodeAttr>;
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> NsResult<InodeAttr>;
+    fn unlink(&self, parent: Ino, name: &[u8]) -> NsResult<()>;
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> NsResult<()>;
+    fn rename(
+        &self,
+        source_parent: Ino,
+        source_name: &[u8],
+        target_parent: Ino,
+        target_name: &[u8],
+        mode: RenameMode,
+    ) -> NsResult<()>;
+    fn readlink(&self, ino: Ino) -> NsResult<Vec<u8>>;
+    /// Up to `limit` entries whose names sort after `after`; `plus` asks for attributes.
+    fn readdir(&self, ino: Ino, after: Option<&[u8]>, limit: usize, plus: bool) -> NsResult<ReaddirPage>;
+    /// `size` 0 means any length; a longer value than a non-zero `size` is ERANGE.
+    fn getxattr(&self, ino: Ino, name: &[u8], size: u32) -> NsResult<Vec<u8>>;
+    /// NUL-terminated names; `size` as for getxattr.
+    fn listxattr(&self, ino: Ino, size: u32) -> NsResult<Vec<u8>>;
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> NsResult<()>;
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> NsResult<()>;
+    fn statfs(&self) -> NsResult<FsStats>;
+    /// Record that the file's data (in the object store) now has `size` bytes.
+    fn set_layout(&self, ino: Ino, size: u64, chunk_size_bytes: u32, mtime: Timestamp) -> NsResult<InodeAttr>;
+    /// Return once every metadata change acknowledged so far is durable.
+    fn fsync(&self, ino: Ino) -> NsResult<()>;
+    /// The mount ends: release server-side state (sessions). Idempotent.
+    fn close(&self) {}
+}

@@ -1,0 +1,371 @@
+//! Elastic metadata cache replicas with real processes (DESIGN.md §7): coherence of reads
+//! through replicas under concurrent writers, failover when an instance is killed with
+//! SIGKILL, and the autoscaler scaling up under load and back down when idle.
+//!
+//! Readers use `cudele_proto::routing::RoutedReader`, the routing client the FUSE client is
+//! meant to wrap; writers use ordinary MDS sessions.
+
+use cudele_e2e::{errno_of, wait_until, Api, MdsProcess};
+use cudele_proto::replica_pb::coordinator_client::CoordinatorClient;
+use cudele_proto::replica_pb::DeploymentsReply;
+use cudele_proto::routing::{ReadSource, RoutedReader, RoutingOptions};
+use cudele_proto::{pb, replica_pb};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the autoscaler may take to bring instances up or down in these tests.
+const SCALING_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn deployments(mds: &MdsProcess) -> DeploymentsReply {
+    let mut coordinator = CoordinatorClient::connect(mds.url()).await.expect("connect to the coordinator");
+    coordinator.list_deployments(pb::Empty {}).await.expect("list deployments").into_inner()
+}
+
+fn live_instances(reply: &DeploymentsReply) -> Vec<replica_pb::InstanceInfo> {
+    reply.list.iter().flat_map(|deployment| deployment.instances.clone()).collect()
+}
+
+/// Wait until every deployment has exactly `per_deployment` listed instances.
+async fn wait_for_instances(mds: &MdsProcess, per_deployment: usize) -> bool {
+    wait_until(SCALING_TIMEOUT, || async {
+        let reply = deployments(mds).await;
+        reply.list.iter().all(|deployment| deployment.instances.len() == per_deployment)
+    })
+    .await
+}
+
+fn reader(mds: &MdsProcess) -> Arc<RoutedReader> {
+    Arc::new(RoutedReader::new(&mds.address.to_string(), RoutingOptions::default()).expect("routed reader"))
+}
+
+/// What one writer has done: versions started and acknowledged.
+#[derive(Default)]
+struct Progress {
+    started: AtomicU64,
+    acknowledged: AtomicU64,
+}
+
+/// One writer's directory and its inodes.
+struct Writer {
+    directory: u64,
+    size_file: u64,
+    progress: Progress,
+}
+
+/// No read through a replica returns a value older than a write whose acknowledgement the
+/// reader saw before issuing it: sizes (attributes), created and deleted names (positive and
+/// negative entries), directory renames (subtree invalidation) and listings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_through_replicas_never_go_back_before_an_acknowledged_write() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let mds = MdsProcess::start(
+        directory.path(),
+        &["--replica-deployments", "3", "--replica-min", "2", "--replica-max", "2", "--replica-lease-ms", "2000"],
+    )
+    .expect("start mds");
+    assert!(wait_for_instances(&mds, 2).await, "instances did not come up");
+
+    const WRITERS: usize = 3;
+    const VERSIONS: u64 = 120;
+    const DELETABLE: u64 = VERSIONS + 2;
+    let mut setup = Api::open(mds.address, None, "setup").await.expect("session");
+    let mut writers = Vec::new();
+    for index in 0..WRITERS {
+        let directory = setup.mkdir(1, format!("w{index}"), 0o755).await.expect("mkdir").ino;
+        let size_file = setup.create(directory, "size", 0o644).await.expect("create").ino;
+        for number in 0..=DELETABLE {
+            setup.create(directory, format!("d{number}"), 0o644).await.expect("create deletable");
+        }
+        let renamed = setup.mkdir(directory, "r0", 0o755).await.expect("mkdir r0").ino;
+        setup.create(renamed, "inside", 0o644).await.expect("create inside");
+        writers.push(Arc::new(Writer { directory, size_file, progress: Progress::default() }));
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut readers = Vec::new();
+    let routed = reader(&mds);
+    for reader_index in 0..4usize {
+        let routed = routed.clone();
+        let writers = writers.clone();
+        let done = done.clone();
+        let violations = violations.clone();
+        readers.push(tokio::spawn(async move {
+            let mut round = reader_index;
+            let mut reads = 0u64;
+            while !done.load(Ordering::Acquire) {
+                round += 1;
+                let writer = &writers[round % writers.len()];
+                let directory = writer.directory;
+                let seen = writer.progress.acknowledged.load(Ordering::Acquire);
+                let flag = |what: String| violations.lock().expect("violations").push(what);
+                // Attributes: the size only grows.
+                match routed.getattr(writer.size_file, Some(directory)).await {
+                    Ok(read) if read.attr.size < seen => flag(format!("getattr size {} < acknowledged {seen}", read.attr.size)),
+                    Ok(_) => {}
+                    Err(status) => flag(format!("getattr failed: {status}")),
+                }
+                match routed.lookup(directory, b"size").await {
+                    Ok(read) if read.attr.size < seen => flag(format!("lookup size {} < acknowledged {seen}", read.attr.size)),
+                    Ok(_) => {}
+                    Err(status) => flag(format!("lookup size failed: {status}")),
+                }
+                if seen >= 1 {
+                    // Created names never go away; deleted ones never come back.
+                    if let Err(status) = routed.lookup(directory, format!("c{seen}").as_bytes()).await {
+                        flag(format!("c{seen} acknowledged but lookup says {status}"));
+                    }
+                    match routed.lookup(directory, format!("d{seen}").as_bytes()).await {
+                        Err(status) if errno_of(&status) == libc::ENOENT => {}
+                        other => flag(format!("d{seen} unlinked (acknowledged) but lookup gave {other:?}")),
+                    }
+                    // The directory renamed to r{seen} exists unless a later rename started.
+                    match routed.lookup(directory, format!("r{seen}").as_bytes()).await {
+                        Ok(found) => {
+                            if let Err(status) = routed.lookup(found.attr.ino, b"inside").await {
+                                let started = writer.progress.started.load(Ordering::Acquire);
+                                if started <= seen {
+                                    flag(format!("r{seen}/inside: {status}"));
+                                }
+                            }
+                        }
+                        Err(status) => {
+                            let started = writer.progress.started.load(Ordering::Acquire);
+                            if started <= seen {
+                                flag(format!("r{seen} acknowledged, no later rename started, lookup: {status}"));
+                            }
+                        }
+                    }
+                    match routed.readdir(directory, b"", 1000, true).await {
+                        Ok(page) => {
+                            let names: Vec<&[u8]> = page.entries.iter().map(|entry| entry.name.as_slice()).collect();
+                            if !names.contains(&format!("c{seen}").as_bytes()) {
+                                flag(format!("readdir misses c{seen}"));
+                            }
+                            if names.contains(&format!("d{seen}").as_bytes()) {
+                                flag(format!("readdir still lists d{seen}"));
+                            }
+                            let size = page.entries.iter().find(|entry| entry.name == b"size").and_then(|e| e.attr.as_ref());
+                            if size.is_some_and(|attr| attr.size < seen) {
+                                flag(format!("readdir plus size < acknowledged {seen}"));
+                            }
+                        }
+                        Err(status) => flag(format!("readdir failed: {status}")),
+                    }
+                }
+                // Warm the caches with names the writer is about to change.
+                let _ = routed.lookup(directory, format!("c{}", seen + 1).as_bytes()).await;
+                let _ = routed.lookup(directory, format!("d{}", seen + 1).as_bytes()).await;
+                reads += 1;
+            }
+            reads
+        }));
+    }
+
+    let mut writer_tasks = Vec::new();
+    for (index, writer) in writers.iter().cloned().enumerate() {
+        let address = mds.address;
+        writer_tasks.push(tokio::spawn(async move {
+            let mut api = Api::open(address, None, &format!("writer{index}")).await.expect("writer session");
+            for version in 1..=VERSIONS {
+                writer.progress.started.store(version, Ordering::Release);
+                let request = pb::SetAttrRequest { ino: writer.size_file, size: Some(version), ..Default::default() };
+                api.setattr(request).await.expect("setattr");
+                api.create(writer.directory, format!("c{version}"), 0o644).await.expect("create");
+                api.unlink(writer.directory, format!("d{version}")).await.expect("unlink");
+                let from = format!("r{}", version - 1);
+                let to = format!("r{version}");
+                api.rename(writer.directory, from, writer.directory, to, pb::RenameMode::RenameNoreplace)
+                    .await
+                    .expect("rename");
+                writer.progress.acknowledged.store(version, Ordering::Release);
+            }
+        }));
+    }
+    for task in writer_tasks {
+        task.await.expect("writer");
+    }
+    // Let the readers check the final state too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done.store(true, Ordering::Release);
+    let mut reads = 0;
+    for task in readers {
+        reads += task.await.expect("reader");
+    }
+    let violations = violations.lock().expect("violations").clone();
+    assert!(violations.is_empty(), "{} stale or failed reads, first: {:?}", violations.len(), &violations[..violations.len().min(10)]);
+    let answers = routed.stats.replica_answers.load(Ordering::Relaxed);
+    let cached = routed.stats.replica_cache_answers.load(Ordering::Relaxed);
+    eprintln!("{reads} reader rounds; {answers} replica answers, {cached} from caches");
+    assert!(cached > 0, "no read was served from a replica cache: the test proves nothing");
+}
+
+/// SIGKILL of a replica while clients read: no read fails (they retry another instance or
+/// fall back to the MDS), a write completes within the lease, and the autoscaler replaces
+/// the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_replica_fails_no_read() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let mds = MdsProcess::start(
+        directory.path(),
+        &[
+            "--replica-deployments",
+            "1",
+            "--replica-min",
+            "2",
+            "--replica-max",
+            "2",
+            "--replica-lease-ms",
+            "1500",
+            "--replica-ack-timeout-ms",
+            "300",
+        ],
+    )
+    .expect("start mds");
+    assert!(wait_for_instances(&mds, 2).await, "instances did not come up");
+    let mut api = Api::open(mds.address, None, "writer").await.expect("session");
+    let work = api.mkdir(1, "work", 0o755).await.expect("mkdir").ino;
+    let mut files = Vec::new();
+    for number in 0..20 {
+        files.push(api.create(work, format!("f{number}"), 0o644).await.expect("create").ino);
+    }
+
+    let routed = reader(&mds);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let served_after_kill = Arc::new(AtomicU64::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for reader_index in 0..4u64 {
+        let (routed, stop, failures) = (routed.clone(), stop.clone(), failures.clone());
+        let (served_after_kill, killed, files) = (served_after_kill.clone(), killed.clone(), files.clone());
+        readers.push(tokio::spawn(async move {
+            let mut round = reader_index;
+            while !stop.load(Ordering::Acquire) {
+                round += 1;
+                let number = (round % files.len() as u64) as usize;
+                let results = [
+                    routed.lookup(work, format!("f{number}").as_bytes()).await.map(|_| ()),
+                    routed.getattr(files[number], Some(work)).await.map(|_| ()),
+                    routed.readdir(work, b"", 100, false).await.map(|_| ()),
+                ];
+                for result in results {
+                    match result {
+                        Ok(()) if killed.load(Ordering::Acquire) => {
+                            served_after_kill.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(()) => {}
+                        Err(status) => failures.lock().expect("failures").push(status.to_string()),
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let victim = live_instances(&deployments(&mds).await).first().cloned().expect("an instance");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9 the instance");
+    killed.store(true, Ordering::Release);
+    // A write right after: the dead instance cannot acknowledge; the write still completes.
+    let write_started = Instant::now();
+    api.setattr(pb::SetAttrRequest { ino: files[0], size: Some(7), ..Default::default() }).await.expect("setattr");
+    let write_took = write_started.elapsed();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, Ordering::Release);
+    for task in readers {
+        task.await.expect("reader");
+    }
+    let failures = failures.lock().expect("failures").clone();
+    assert!(failures.is_empty(), "{} reads failed, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(served_after_kill.load(Ordering::Relaxed) > 0, "no read completed after the kill");
+    assert!(write_took < Duration::from_secs(5), "a write took {write_took:?} after the kill");
+    let read = routed.getattr(files[0], Some(work)).await.expect("getattr after the write");
+    assert_eq!(read.attr.size, 7);
+    eprintln!("write after kill took {write_took:?}; {} reads after the kill", served_after_kill.load(Ordering::Relaxed));
+    // The autoscaler replaces the dead instance (min 2).
+    let replaced = wait_until(SCALING_TIMEOUT, || async {
+        let instances = live_instances(&deployments(&mds).await);
+        instances.len() == 2 && instances.iter().all(|instance| instance.instance != victim.instance)
+    })
+    .await;
+    assert!(replaced, "the killed instance was not replaced");
+}
+
+/// Under load the autoscaler starts instances (up to max), and once the load is gone it
+/// stops them again (down to min) after the idle period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaler_scales_up_under_load_and_down_when_idle() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let mds = MdsProcess::start(
+        directory.path(),
+        &[
+            "--replica-deployments",
+            "1",
+            "--replica-min",
+            "1",
+            "--replica-max",
+            "3",
+            "--replica-target-concurrency",
+            "1",
+            "--replica-concurrency-limit",
+            "2",
+            "--replica-service-time-us",
+            "5000",
+            "--replica-cooldown-ms",
+            "300",
+            "--replica-idle-ms",
+            "1500",
+            "--replica-autoscale-interval-ms",
+            "100",
+        ],
+    )
+    .expect("start mds");
+    assert!(wait_for_instances(&mds, 1).await, "the first instance did not come up");
+    let mut api = Api::open(mds.address, None, "setup").await.expect("session");
+    let work = api.mkdir(1, "work", 0o755).await.expect("mkdir").ino;
+    api.create(work, "f", 0o644).await.expect("create");
+
+    let routed = reader(&mds);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..12 {
+        let (routed, stop) = (routed.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut replica_reads = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                if let Ok(read) = routed.lookup(work, b"f").await {
+                    if matches!(read.source, ReadSource::Replica { .. }) {
+                        replica_reads += 1;
+                    }
+                }
+            }
+            replica_reads
+        }));
+    }
+    let scaled_up = wait_until(SCALING_TIMEOUT, || async { live_instances(&deployments(&mds).await).len() >= 3 }).await;
+    stop.store(true, Ordering::Release);
+    let mut replica_reads = 0;
+    for task in load {
+        replica_reads += task.await.expect("load task");
+    }
+    assert!(scaled_up, "the autoscaler did not reach 3 instances under load");
+    assert!(replica_reads > 0);
+    let scaled_down = wait_until(SCALING_TIMEOUT, || async { live_instances(&deployments(&mds).await).len() == 1 }).await;
+    assert!(scaled_down, "the autoscaler did not go back to 1 instance when idle");
+}
+
+/// With replicas off (the default), a routed reader reads everything from the MDS.
+#[tokio::test]
+async fn without_replicas_reads_go_to_the_mds() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let mds = MdsProcess::start(directory.path(), &[]).expect("start mds");
+    let mut api = Api::open(mds.address, None, "setup").await.expect("session");
+    let file = api.create(1, "f", 0o644).await.expect("create").ino;
+    let routed = reader(&mds);
+    let read = routed.lookup(1, b"f").await.expect("lookup");
+    assert_eq!((read.attr.ino, read.source), (file, ReadSource::Mds));
+    let missing = routed.lookup(1, b"nope").await.expect_err("missing");
+    assert_eq!(errno_of(&missing), libc::ENOENT);
+    assert_eq!(deployments(&mds).await.deployments, 0);
+}
