@@ -37,12 +37,18 @@ pub fn fetch_status(server: &str, token: Option<&str>) -> Result<pb::StatusReply
     let mut client = MdsClient::with_interceptor(channel, headers);
     let reply = runtime.block_on(async move {
         match tokio::time::timeout(Duration::from_millis(STATUS_TIMEOUT_MS), client.status(pb::Empty {})).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Ok(reply)) => Ok(Ok(reply.into_inner())),
+            Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => Ok(Err(status.message().to_string())),
             Ok(Err(status)) => Err(NsError::Io(format!("{:?}: {}", status.code(), status.message()))),
             Err(_) => Err(NsError::Io(format!("no reply within {STATUS_TIMEOUT_MS} ms"))),
         }
     });
-    reply.map_err(|error| ClientError::Unreachable { address: server.to_string(), reason: error.to_string() })
+    match reply {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(reason)) => Err(ClientError::Rejected { address: server.to_string(), reason }),
+        Err(NsError::Io(reason)) => Err(ClientError::Unreachable { address: server.to_string(), reason }),
+        Err(error) => Err(ClientError::Unreachable { address: server.to_string(), reason: error.to_string() }),
+    }
 }
 
 /// The status as JSON (stable field names, for scripts and tests).

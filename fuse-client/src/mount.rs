@@ -285,7 +285,8 @@ pub fn run_daemonized(config: MountConfig) -> Result<(), ClientError> {
     let mountpoint = std::fs::canonicalize(&config.mountpoint)
         .map_err(ClientError::io(format!("mount point {}", config.mountpoint.display())))?;
     let config = MountConfig { mountpoint, ..config };
-    let (reader, writer) = nix::unistd::pipe().map_err(|error| ClientError::Io {
+    // Close-on-exec: helpers the child runs (fusermount3) must not hold the pipe open.
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|error| ClientError::Io {
         context: "creating a pipe".to_string(),
         cause: std::io::Error::from(error),
     })?;

@@ -2,67 +2,28 @@
 //! directory, exercised through std::fs and libc: proves the adapter translates every
 //! operation and errno, and that a failing test never leaves a stuck mount (MountGuard).
 
+mod common;
+
+use common::MountGuard;
 use cudele_client::data::ChunkStore;
 use cudele_client::fs::CudeleFs;
-use cudele_client::fuse::FuseAdapter;
 use cudele_client::metadata::LocalMetadata;
-use cudele_client::mount::{is_mounted, MountConfig};
+use cudele_client::mount::is_mounted;
 use cudele_client::runtime::Blocking;
 use cudele_journal::store::JournalStore;
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long to wait for the kernel to show the mount.
-const MOUNT_WAIT_MS: u64 = 10_000;
-
-/// Unmounts on drop, also when the test panics; falls back to a lazy unmount.
-struct MountGuard {
-    session: Option<fuser::BackgroundSession>,
-    path: PathBuf,
-    _directory: tempfile::TempDir,
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            if let Err(error) = session.umount_and_join() {
-                eprintln!("unmount failed ({error}); detaching");
-            }
-        }
-        if is_mounted(&self.path) {
-            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
+use std::time::Duration;
 
 /// Mount a fresh in-process filesystem, or None when this machine cannot mount FUSE.
 fn mount() -> Option<MountGuard> {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err() {
-        eprintln!("skipping: /dev/fuse is not usable here");
-        return None;
-    }
-    let directory = tempfile::tempdir().expect("tempdir");
-    let path = directory.path().join("mnt");
-    std::fs::create_dir(&path).expect("mountpoint");
     let runtime = Blocking::new("mount-test").expect("runtime");
     let store = ChunkStore::new(JournalStore::memory(), runtime);
-    let fs = Arc::new(CudeleFs::new(Arc::new(LocalMetadata::new()), store));
-    let mut config = MountConfig::new("local", &path);
-    config.fuse_threads = 2;
-    config.fsname = "cudele-test".to_string();
-    let session = fuser::spawn_mount(FuseAdapter::new(fs), &path, &config.fuser_config()).expect("mount");
-    let guard = MountGuard { session: Some(session), path: path.clone(), _directory: directory };
-    let deadline = Instant::now() + Duration::from_millis(MOUNT_WAIT_MS);
-    while !is_mounted(&path) {
-        assert!(Instant::now() < deadline, "the mount never appeared");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Some(guard)
+    common::mount(Arc::new(CudeleFs::new(Arc::new(LocalMetadata::new()), store)))
 }
 
 fn errno(error: std::io::Error) -> i32 {

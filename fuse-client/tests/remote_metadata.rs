@@ -5,93 +5,20 @@
 //! Needs the `cudele-mds` binary (`cargo build -p cudele-mds`); it is looked up next to
 //! this test's target directory or in `CUDELE_MDS_BIN`, and the tests skip without it.
 
+mod common;
+
+use common::{Mds, WAIT_MS};
+use cudele_client::data::ChunkStore;
+use cudele_client::fs::CudeleFs;
 use cudele_client::metadata::{Metadata, Owner, RemoteMetadata, RemoteOptions, SetAttrChanges};
 use cudele_client::runtime::Blocking;
+use cudele_journal::store::{JournalStore, StoreOptions};
 use cudele_journal::{FileKind, RenameMode, Timestamp, XattrMode, ROOT_INO};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const OWNER: Owner = Owner { uid: 0, gid: 0 };
-/// How long a cluster may take to start or a client to subscribe.
-const WAIT_MS: u64 = 15_000;
-
-fn mds_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("CUDELE_MDS_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    // target/debug/deps/remote_metadata-<hash> -> target/debug/cudele-mds
-    let candidate = std::env::current_exe().ok()?.parent()?.parent()?.join("cudele-mds");
-    candidate.exists().then_some(candidate)
-}
-
-/// A cudele-mds child process, killed on drop.
-struct Mds {
-    binary: PathBuf,
-    data_dir: PathBuf,
-    address: String,
-    extra: Vec<String>,
-    child: Option<Child>,
-    _directory: tempfile::TempDir,
-}
-
-impl Mds {
-    fn start(extra: &[&str]) -> Option<Mds> {
-        let Some(binary) = mds_binary() else {
-            eprintln!("skipping: no cudele-mds binary (cargo build -p cudele-mds, or set CUDELE_MDS_BIN)");
-            return None;
-        };
-        let directory = tempfile::tempdir().expect("tempdir");
-        let mut mds = Mds {
-            binary,
-            data_dir: directory.path().join("mds"),
-            address: "127.0.0.1:0".to_string(),
-            extra: extra.iter().map(|arg| arg.to_string()).collect(),
-            child: None,
-            _directory: directory,
-        };
-        mds.spawn();
-        Some(mds)
-    }
-
-    fn spawn(&mut self) {
-        let _ = std::fs::remove_file(self.data_dir.join("mds.addr"));
-        let child = Command::new(&self.binary)
-            .args(["--listen", &self.address, "--data-dir"])
-            .arg(&self.data_dir)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cudele-mds");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
-        loop {
-            if let Ok(address) = std::fs::read_to_string(self.data_dir.join("mds.addr")) {
-                if !address.trim().is_empty() {
-                    // Restarts reuse the port, as a real MDS restart would.
-                    self.address = address.trim().to_string();
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "cudele-mds did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Mds {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn client(mds: &Mds, outage: Duration) -> RemoteMetadata {
     let mut options = RemoteOptions::new(mds.address.clone(), None);
@@ -158,6 +85,52 @@ fn invalidations_keep_two_clients_coherent() {
     b.close();
 }
 
+/// A client's own creates update its cached view of the directory exactly as the MDS
+/// does, and a directory it created answers negative lookups itself until another client
+/// adds to it.
+#[test]
+fn own_changes_keep_the_cache_exact() {
+    let Some(mds) = Mds::start(&[]) else { return };
+    let a = client(&mds, Duration::from_secs(10));
+    let b = client(&mds, Duration::from_secs(10));
+    let directory = a.mkdir(ROOT_INO, b"d", 0o755, OWNER).expect("mkdir").attr.ino;
+    a.getattr(directory).expect("cache the directory");
+    for index in 0..5 {
+        let name = format!("f{index}");
+        assert_eq!(errno(a.lookup(directory, name.as_bytes())), libc::ENOENT);
+        a.create(directory, name.as_bytes(), FileKind::Regular, 0o644, OWNER, 0).expect("create");
+    }
+    a.mkdir(directory, b"sub", 0o755, OWNER).expect("mkdir sub");
+    let fresh = client(&mds, Duration::from_secs(10));
+    assert_eq!(a.getattr(directory).expect("cached"), fresh.getattr(directory).expect("from the MDS"));
+    let misses = a.cache().counters.misses.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(errno(a.lookup(directory, b"nope")), libc::ENOENT);
+    assert_eq!(a.cache().counters.misses.load(std::sync::atomic::Ordering::Relaxed), misses, "answered locally");
+    b.create(directory, b"nope", FileKind::Regular, 0o644, OWNER, 0).expect("B creates it");
+    assert!(a.lookup(directory, b"nope").is_ok(), "completeness ended by B's create");
+
+    // Renames as seen by their author, against the MDS's truth.
+    let f0 = a.lookup(directory, b"f0").expect("f0").attr.ino;
+    let f1 = a.lookup(directory, b"f1").expect("f1").attr.ino;
+    a.rename(directory, b"f0", directory, b"f0", RenameMode::Replace).expect("onto itself");
+    assert_eq!(a.lookup(directory, b"f0").expect("still there").attr.ino, f0);
+    a.link(f0, directory, b"f0-link").expect("link");
+    a.rename(directory, b"f0", directory, b"f0-link", RenameMode::Replace).expect("onto its own link");
+    assert_eq!(a.lookup(directory, b"f0").expect("both names stay").attr.ino, f0);
+    a.rename(directory, b"f0", directory, b"f1", RenameMode::Exchange).expect("exchange");
+    assert_eq!(a.lookup(directory, b"f0").expect("f0").attr.ino, f1);
+    assert_eq!(a.lookup(directory, b"f1").expect("f1").attr.ino, f0);
+    a.rename(directory, b"f1", directory, b"f2", RenameMode::Replace).expect("replace");
+    assert_eq!(errno(a.lookup(directory, b"f1")), libc::ENOENT);
+    assert_eq!(a.lookup(directory, b"f2").expect("f2").attr.ino, f0);
+    for name in [&b"f0"[..], b"f1", b"f2", b"f0-link", b"nope", b"sub"] {
+        let mine = a.lookup(directory, name).map(|attr| attr.attr.ino).map_err(|error| error.errno());
+        let truth = fresh.lookup(directory, name).map(|attr| attr.attr.ino).map_err(|error| error.errno());
+        assert_eq!(mine, truth, "{}", String::from_utf8_lossy(name));
+    }
+    assert_eq!(a.getattr(f0).expect("cached"), fresh.getattr(f0).expect("truth"));
+}
+
 /// An MDS killed and restarted on the same address: a call during the outage waits and
 /// then succeeds, and both clients are coherent again afterwards.
 #[test]
@@ -221,4 +194,45 @@ fn lost_session_is_reopened() {
     a.mkdir(ROOT_INO, b"after-reopen", 0o755, OWNER).expect("mkdir with a reopened session");
     assert_ne!(a.session(), first);
     wait_until("the cache is back", || a.cache().is_enabled());
+}
+
+/// Two real FUSE mounts of one MDS: every kind of change made through one is seen by the
+/// next syscall through the other, and file data closed on one reads back on the other.
+#[test]
+fn two_mounts_see_each_other() {
+    let Some(mds) = Mds::start(&[]) else { return };
+    let mount = |name: &str| {
+        let runtime = Blocking::new(name).expect("runtime");
+        let metadata = Arc::new(client(&mds, Duration::from_secs(10)));
+        let objects = JournalStore::open(&metadata.object_store_url(), &StoreOptions::default()).expect("store");
+        common::mount(Arc::new(CudeleFs::new(metadata, ChunkStore::new(objects, runtime))))
+    };
+    let Some(first) = mount("first") else { return };
+    let Some(second) = mount("second") else { return };
+    let (a, b) = (first.path.clone(), second.path.clone());
+
+    assert!(std::fs::metadata(b.join("d")).is_err());
+    std::fs::create_dir(a.join("d")).expect("mkdir on A");
+    assert!(std::fs::metadata(b.join("d")).expect("B sees the directory").is_dir());
+    std::fs::write(a.join("d/f"), b"written on A").expect("write on A");
+    assert_eq!(std::fs::read(b.join("d/f")).expect("read on B"), b"written on A");
+    std::fs::write(b.join("d/f"), b"rewritten on B, longer").expect("write on B");
+    assert_eq!(std::fs::metadata(a.join("d/f")).expect("stat on A").len(), 22);
+    assert_eq!(std::fs::read(a.join("d/f")).expect("read on A"), b"rewritten on B, longer");
+    std::fs::set_permissions(a.join("d/f"), std::fs::Permissions::from_mode(0o640)).expect("chmod on A");
+    assert_eq!(std::fs::metadata(b.join("d/f")).expect("stat on B").permissions().mode() & 0o7777, 0o640);
+    std::os::unix::fs::chown(b.join("d/f"), Some(77), Some(88)).expect("chown on B");
+    assert_eq!(std::fs::metadata(a.join("d/f")).expect("stat on A").uid(), 77);
+    std::fs::rename(a.join("d/f"), a.join("d/g")).expect("rename on A");
+    assert!(std::fs::metadata(b.join("d/f")).is_err());
+    assert_eq!(std::fs::read(b.join("d/g")).expect("read renamed on B"), b"rewritten on B, longer");
+    assert_eq!(std::fs::remove_dir(b.join("d")).expect_err("not empty").raw_os_error(), Some(libc::ENOTEMPTY));
+    std::fs::remove_file(b.join("d/g")).expect("unlink on B");
+    assert!(std::fs::metadata(a.join("d/g")).is_err());
+    let names: Vec<_> = std::fs::read_dir(a.join("d")).expect("readdir on A").collect();
+    assert!(names.is_empty());
+    std::fs::remove_dir(a.join("d")).expect("rmdir on A");
+    assert!(std::fs::metadata(b.join("d")).is_err());
+    drop(first);
+    drop(second);
 }

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the metadata server (also what `cudele-mds` without a subcommand does).
-    Serve(ServeOptions),
+    Serve(Box<ServeOptions>),
     /// Run one metadata cache replica instance: it registers with the MDS, caches and serves
     /// lookup/getattr/readdir for one deployment, and follows the MDS's invalidations. The
     /// MDS's autoscaler starts these itself; start one by hand to add fixed capacity.
@@ -184,7 +184,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Serve(options)) => serve(options),
+        Some(Command::Serve(options)) => serve(*options),
         Some(Command::Replica(options)) => replica(options),
         None => serve(cli.serve),
     }
@@ -276,7 +276,8 @@ fn replica(options: ReplicaOptions) -> Result<()> {
         cache_items_max: options.cache_items_max,
         mds_unreachable_exit: Duration::from_millis(options.mds_unreachable_exit_ms),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(REPLICA_WORKER_THREADS).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(REPLICA_WORKER_THREADS).enable_all().build()?;
     runtime.block_on(async move {
         let (stop, shutdown) = watch::channel(false);
         stop_on_signals(stop);

@@ -101,7 +101,11 @@ mod tests {
             }
             let expected = KEYS as f64 / f64::from(deployments + 1);
             let ratio = moved as f64 / expected;
-            assert!((0.9..1.1).contains(&ratio), "{deployments}->{}: moved {moved}, expected {expected}", deployments + 1);
+            assert!(
+                (0.9..1.1).contains(&ratio),
+                "{deployments}->{}: moved {moved}, expected {expected}",
+                deployments + 1
+            );
         }
     }
 }

@@ -57,7 +57,8 @@ pub struct Headers {
 impl tonic::service::Interceptor for Headers {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(token) = &self.token {
-            let value = format!("Bearer {token}").parse().map_err(|_| Status::internal("token is not a header value"))?;
+            let value =
+                format!("Bearer {token}").parse().map_err(|_| Status::internal("token is not a header value"))?;
             request.metadata_mut().insert(AUTHORIZATION_HEADER, value);
         }
         if let Some(session) = self.session {
@@ -213,6 +214,16 @@ impl RoutedReader {
             refreshing: AtomicBool::new(false),
             stats: RoutingStats::default(),
         })
+    }
+
+    /// [`RoutedReader::new`], then fetch the routing table once so the first reads are routed
+    /// (if the MDS cannot be reached yet, reads fall back to it and the table is fetched later).
+    pub async fn connect(mds_address: &str, options: RoutingOptions) -> Result<RoutedReader, tonic::transport::Error> {
+        let reader = RoutedReader::new(mds_address, options)?;
+        if let Err(status) = reader.refresh().await {
+            tracing::debug!(%status, "listing replica deployments failed; reads go to the MDS for now");
+        }
+        Ok(reader)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RoutingState> {
@@ -374,8 +385,8 @@ impl RoutedReader {
     /// lookup(2) of `name` in `parent`.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<RoutedAttr, Status> {
         let request = pb::EntryRequest { parent, name: name.to_vec() };
-        let attempt =
-            self.on_replicas(parent, |mut client| {
+        let attempt = self
+            .on_replicas(parent, |mut client| {
                 let request = request.clone();
                 async move { client.lookup(request).await }
             })
@@ -402,12 +413,8 @@ impl RoutedReader {
     /// usually not cached).
     pub async fn getattr(&self, ino: u64, home: Option<u64>) -> Result<RoutedAttr, Status> {
         let request = pb::InoRequest { ino };
-        let attempt = self
-            .on_replicas(home.unwrap_or(ino), |mut client| {
-                let request = request.clone();
-                async move { client.get_attr(request).await }
-            })
-            .await;
+        let attempt =
+            self.on_replicas(home.unwrap_or(ino), |mut client| async move { client.get_attr(request).await }).await;
         match attempt {
             Attempt::Answered(reply, instance) => {
                 let reply = reply?.into_inner();
@@ -439,7 +446,11 @@ impl RoutedReader {
                 let reply = reply?.into_inner();
                 let cached = reply.source == replica_pb::Source::Cache as i32;
                 self.count_answer(cached);
-                Ok(RoutedPage { entries: reply.entries, end: reply.end, source: ReadSource::Replica { instance, cached } })
+                Ok(RoutedPage {
+                    entries: reply.entries,
+                    end: reply.end,
+                    source: ReadSource::Replica { instance, cached },
+                })
             }
             Attempt::Exhausted => {
                 self.stats.mds_fallbacks.fetch_add(1, Ordering::Relaxed);

@@ -35,8 +35,8 @@ async fn wait_for_instances(mds: &MdsProcess, per_deployment: usize) -> bool {
     .await
 }
 
-fn reader(mds: &MdsProcess) -> Arc<RoutedReader> {
-    Arc::new(RoutedReader::new(&mds.address.to_string(), RoutingOptions::default()).expect("routed reader"))
+async fn reader(mds: &MdsProcess) -> Arc<RoutedReader> {
+    Arc::new(RoutedReader::connect(&mds.address.to_string(), RoutingOptions::default()).await.expect("routed reader"))
 }
 
 /// What one writer has done: versions started and acknowledged.
@@ -85,7 +85,7 @@ async fn reads_through_replicas_never_go_back_before_an_acknowledged_write() {
     let done = Arc::new(AtomicBool::new(false));
     let violations = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut readers = Vec::new();
-    let routed = reader(&mds);
+    let routed = reader(&mds).await;
     for reader_index in 0..4usize {
         let routed = routed.clone();
         let writers = writers.clone();
@@ -102,12 +102,16 @@ async fn reads_through_replicas_never_go_back_before_an_acknowledged_write() {
                 let flag = |what: String| violations.lock().expect("violations").push(what);
                 // Attributes: the size only grows.
                 match routed.getattr(writer.size_file, Some(directory)).await {
-                    Ok(read) if read.attr.size < seen => flag(format!("getattr size {} < acknowledged {seen}", read.attr.size)),
+                    Ok(read) if read.attr.size < seen => {
+                        flag(format!("getattr size {} < acknowledged {seen}", read.attr.size))
+                    }
                     Ok(_) => {}
                     Err(status) => flag(format!("getattr failed: {status}")),
                 }
                 match routed.lookup(directory, b"size").await {
-                    Ok(read) if read.attr.size < seen => flag(format!("lookup size {} < acknowledged {seen}", read.attr.size)),
+                    Ok(read) if read.attr.size < seen => {
+                        flag(format!("lookup size {} < acknowledged {seen}", read.attr.size))
+                    }
                     Ok(_) => {}
                     Err(status) => flag(format!("lookup size failed: {status}")),
                 }
@@ -146,7 +150,8 @@ async fn reads_through_replicas_never_go_back_before_an_acknowledged_write() {
                             if names.contains(&format!("d{seen}").as_bytes()) {
                                 flag(format!("readdir still lists d{seen}"));
                             }
-                            let size = page.entries.iter().find(|entry| entry.name == b"size").and_then(|e| e.attr.as_ref());
+                            let size =
+                                page.entries.iter().find(|entry| entry.name == b"size").and_then(|e| e.attr.as_ref());
                             if size.is_some_and(|attr| attr.size < seen) {
                                 flag(format!("readdir plus size < acknowledged {seen}"));
                             }
@@ -194,7 +199,12 @@ async fn reads_through_replicas_never_go_back_before_an_acknowledged_write() {
         reads += task.await.expect("reader");
     }
     let violations = violations.lock().expect("violations").clone();
-    assert!(violations.is_empty(), "{} stale or failed reads, first: {:?}", violations.len(), &violations[..violations.len().min(10)]);
+    assert!(
+        violations.is_empty(),
+        "{} stale or failed reads, first: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(10)]
+    );
     let answers = routed.stats.replica_answers.load(Ordering::Relaxed);
     let cached = routed.stats.replica_cache_answers.load(Ordering::Relaxed);
     eprintln!("{reads} reader rounds; {answers} replica answers, {cached} from caches");
@@ -231,7 +241,7 @@ async fn killing_a_replica_fails_no_read() {
         files.push(api.create(work, format!("f{number}"), 0o644).await.expect("create").ino);
     }
 
-    let routed = reader(&mds);
+    let routed = reader(&mds).await;
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let served_after_kill = Arc::new(AtomicU64::new(0));
@@ -282,7 +292,10 @@ async fn killing_a_replica_fails_no_read() {
     assert!(write_took < Duration::from_secs(5), "a write took {write_took:?} after the kill");
     let read = routed.getattr(files[0], Some(work)).await.expect("getattr after the write");
     assert_eq!(read.attr.size, 7);
-    eprintln!("write after kill took {write_took:?}; {} reads after the kill", served_after_kill.load(Ordering::Relaxed));
+    eprintln!(
+        "write after kill took {write_took:?}; {} reads after the kill",
+        served_after_kill.load(Ordering::Relaxed)
+    );
     // The autoscaler replaces the dead instance (min 2).
     let replaced = wait_until(SCALING_TIMEOUT, || async {
         let instances = live_instances(&deployments(&mds).await);
@@ -326,7 +339,7 @@ async fn autoscaler_scales_up_under_load_and_down_when_idle() {
     let work = api.mkdir(1, "work", 0o755).await.expect("mkdir").ino;
     api.create(work, "f", 0o644).await.expect("create");
 
-    let routed = reader(&mds);
+    let routed = reader(&mds).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..12 {
@@ -351,7 +364,8 @@ async fn autoscaler_scales_up_under_load_and_down_when_idle() {
     }
     assert!(scaled_up, "the autoscaler did not reach 3 instances under load");
     assert!(replica_reads > 0);
-    let scaled_down = wait_until(SCALING_TIMEOUT, || async { live_instances(&deployments(&mds).await).len() == 1 }).await;
+    let scaled_down =
+        wait_until(SCALING_TIMEOUT, || async { live_instances(&deployments(&mds).await).len() == 1 }).await;
     assert!(scaled_down, "the autoscaler did not go back to 1 instance when idle");
 }
 
@@ -362,7 +376,7 @@ async fn without_replicas_reads_go_to_the_mds() {
     let mds = MdsProcess::start(directory.path(), &[]).expect("start mds");
     let mut api = Api::open(mds.address, None, "setup").await.expect("session");
     let file = api.create(1, "f", 0o644).await.expect("create").ino;
-    let routed = reader(&mds);
+    let routed = reader(&mds).await;
     let read = routed.lookup(1, b"f").await.expect("lookup");
     assert_eq!((read.attr.ino, read.source), (file, ReadSource::Mds));
     let missing = routed.lookup(1, b"nope").await.expect_err("missing");

@@ -14,7 +14,7 @@
 use super::InodeAttr;
 use crate::sync::{lock, AtomicU64, Mutex, Ordering};
 use cudele_journal::Ino;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Most attributes plus directory entries held; on overflow the cache starts over (a
 /// cache miss costs one RPC, a wrong answer costs correctness, so keep eviction simple).
@@ -54,11 +54,20 @@ struct State {
     /// for `security.capability` before every write, so the negative answers matter.
     xattrs: HashMap<Ino, HashMap<Vec<u8>, Option<Vec<u8>>>>,
     xattr_count: usize,
+    /// Inodes whose every xattr is in `xattrs` (a name not there does not exist): inodes
+    /// this mount just created, which have none.
+    xattrs_complete: HashSet<Ino>,
+    /// Directories whose every entry is in `entries`, so a name not there does not exist
+    /// (directories this mount created, or listed whole): negative lookups without an RPC.
+    /// Any invalidation of one of their entries (or of the directory) drops the mark.
+    complete_directories: HashSet<Ino>,
 }
 
 /// Inserts allowed by one successful generation check.
 pub struct Filler<'a> {
     state: &'a mut State,
+    /// The entries this fill set, so `local_change` knows which completeness survives.
+    entries_set: Vec<(Ino, Vec<u8>)>,
 }
 
 impl Filler<'_> {
@@ -78,11 +87,35 @@ impl Filler<'_> {
         if previous.is_none() {
             self.state.entry_count += 1;
         }
+        self.entries_set.push((parent, name.to_vec()));
+    }
+
+    /// `name` in `parent` names inode `child`, whose attributes we do not know (a lookup
+    /// still asks for them, but the name is known to exist).
+    pub fn entry_to(&mut self, parent: Ino, name: &[u8], child: Ino) {
+        self.state.make_room();
+        if self.state.entries.entry(parent).or_default().insert(name.to_vec(), Some(child)).is_none() {
+            self.state.entry_count += 1;
+        }
+        self.entries_set.push((parent, name.to_vec()));
+    }
+
+    /// Every entry of directory `ino` is now in the cache (a new, empty directory, or a
+    /// whole listing just filled).
+    pub fn complete_directory(&mut self, ino: Ino) {
+        self.state.make_room();
+        self.state.complete_directories.insert(ino);
     }
 
     pub fn symlink(&mut self, ino: Ino, target: &[u8]) {
         self.state.make_room();
         self.state.symlinks.insert(ino, target.to_vec());
+    }
+
+    /// `ino` was just created here: it has no xattrs at all.
+    pub fn no_xattrs(&mut self, ino: Ino) {
+        self.state.make_room();
+        self.state.xattrs_complete.insert(ino);
     }
 
     /// Xattr `name` of `ino` has `value` (None: it does not exist).
@@ -96,7 +129,12 @@ impl Filler<'_> {
 
 impl State {
     fn size(&self) -> usize {
-        self.attrs.len() + self.entry_count + self.symlinks.len() + self.xattr_count
+        self.attrs.len()
+            + self.entry_count
+            + self.symlinks.len()
+            + self.xattr_count
+            + self.xattrs_complete.len()
+            + self.complete_directories.len()
     }
 
     fn make_room(&mut self) {
@@ -112,6 +150,8 @@ impl State {
         self.symlinks.clear();
         self.xattrs.clear();
         self.xattr_count = 0;
+        self.xattrs_complete.clear();
+        self.complete_directories.clear();
     }
 
     fn drop_inode(&mut self, ino: Ino) {
@@ -120,9 +160,12 @@ impl State {
         if let Some(names) = self.xattrs.remove(&ino) {
             self.xattr_count -= names.len();
         }
+        self.xattrs_complete.remove(&ino);
+        self.complete_directories.remove(&ino);
     }
 
     fn drop_entry(&mut self, parent: Ino, name: &[u8]) {
+        self.complete_directories.remove(&parent);
         if let Some(names) = self.entries.get_mut(&parent) {
             if names.remove(name).is_some() {
                 self.entry_count -= 1;
@@ -172,6 +215,7 @@ impl MetadataCache {
             match state.entries.get(&parent).and_then(|names| names.get(name)) {
                 Some(None) => Some(CachedEntry::Missing),
                 Some(Some(child)) => state.attrs.get(child).cloned().map(CachedEntry::Present),
+                None if state.complete_directories.contains(&parent) => Some(CachedEntry::Missing),
                 None => None,
             }
         };
@@ -189,7 +233,15 @@ impl MetadataCache {
     /// Xattr `name` of `ino`: Some(None) if known not to exist.
     pub fn xattr(&self, ino: Ino, name: &[u8]) -> Option<Option<Vec<u8>>> {
         let state = lock(&self.state);
-        let found = state.enabled.then(|| state.xattrs.get(&ino).and_then(|names| names.get(name)).cloned()).flatten();
+        let found = if !state.enabled {
+            None
+        } else {
+            match state.xattrs.get(&ino).and_then(|names| names.get(name)) {
+                Some(value) => Some(value.clone()),
+                None if state.xattrs_complete.contains(&ino) => Some(None),
+                None => None,
+            }
+        };
         self.count(found.is_some());
         found
     }
@@ -201,7 +253,13 @@ impl MetadataCache {
             self.counters.fills_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        fill(&mut Filler { state: &mut state });
+        fill(&mut Filler { state: &mut state, entries_set: Vec::new() });
+    }
+
+    /// The cached attributes of `ino`, without counting a hit or miss.
+    pub fn peek_attr(&self, ino: Ino) -> Option<InodeAttr> {
+        let state = lock(&self.state);
+        state.enabled.then(|| state.attrs.get(&ino).cloned()).flatten()
     }
 
     /// An invalidation pushed by the MDS: drop, then count it (so replies in flight from
@@ -229,6 +287,12 @@ impl MetadataCache {
         fill: impl FnOnce(&mut Filler<'_>),
     ) {
         let mut state = lock(&self.state);
+        let mut were_complete: Vec<Ino> = entries
+            .iter()
+            .map(|(parent, _)| *parent)
+            .filter(|parent| state.complete_directories.contains(parent))
+            .collect();
+        were_complete.dedup();
         for ino in inodes {
             state.drop_inode(*ino);
         }
@@ -237,10 +301,21 @@ impl MetadataCache {
         }
         let unchanged = state.generation == since.0;
         state.generation += 1;
-        if state.enabled && unchanged {
-            fill(&mut Filler { state: &mut state });
-        } else {
+        if !(state.enabled && unchanged) {
             self.counters.fills_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut filler = Filler { state: &mut state, entries_set: Vec::new() };
+        fill(&mut filler);
+        let entries_set = std::mem::take(&mut filler.entries_set);
+        // A directory stays complete if the fill set every one of its entries we changed.
+        for parent in were_complete {
+            let all_set = entries.iter().filter(|(changed_parent, _)| *changed_parent == parent).all(|(_, name)| {
+                entries_set.iter().any(|(set_parent, set_name)| *set_parent == parent && set_name == name)
+            });
+            if all_set {
+                state.complete_directories.insert(parent);
+            }
         }
     }
 
@@ -378,6 +453,36 @@ mod tests {
         cache.invalidate(&[5], &[]);
         assert_eq!(cache.xattr(5, b"user.a"), None);
         assert!(cache.is_empty());
+        let since = cache.generation();
+        cache.fill(since, |filler| filler.no_xattrs(6));
+        assert_eq!(cache.xattr(6, b"security.capability"), Some(None), "a new inode has no xattrs");
+        cache.invalidate(&[6], &[]);
+        assert_eq!(cache.xattr(6, b"security.capability"), None);
+    }
+
+    /// A complete directory answers negative lookups itself; our own changes keep it
+    /// complete when they re-set the entry, an invalidation of any entry ends it.
+    #[test]
+    fn complete_directories() {
+        let cache = MetadataCache::new();
+        cache.enable();
+        let since = cache.generation();
+        cache.local_change(since, &[1], &[(1, b"d")], |filler| {
+            filler.entry(1, b"d", Some(&attr(7, 0)));
+            filler.complete_directory(7);
+        });
+        assert_eq!(cache.entry(7, b"anything"), Some(CachedEntry::Missing));
+        let since = cache.generation();
+        cache.local_change(since, &[7], &[(7, b"new")], |filler| filler.entry(7, b"new", Some(&attr(8, 0))));
+        assert_eq!(cache.entry(7, b"new"), Some(CachedEntry::Present(attr(8, 0))));
+        assert_eq!(cache.entry(7, b"other"), Some(CachedEntry::Missing), "still complete after our create");
+        let since = cache.generation();
+        cache.local_change(since, &[7], &[(7, b"moved")], |_| {});
+        assert_eq!(cache.entry(7, b"other"), None, "an entry we could not re-set ends completeness");
+        let since = cache.generation();
+        cache.fill(since, |filler| filler.complete_directory(7));
+        cache.invalidate(&[], &[(7, b"theirs".to_vec())]);
+        assert_eq!(cache.entry(7, b"other"), None, "another client's change ends completeness");
     }
 
     /// Losing the push channel empties the cache; re-enabling fences reads sent meanwhile.

@@ -218,22 +218,52 @@ impl RemoteMetadata {
         owner: Owner,
         result: Result<pb::AttrReply, CallError>,
     ) -> NsResult<InodeAttr> {
+        let cache = &self.shared.cache;
         let attr = match result {
             Ok(reply) => Self::attr_of(reply)?,
             Err(CallError { error: NsError::Exists, resent: true }) => {
-                self.replayed_create(parent, name, kind, owner).ok_or(NsError::Exists)?
+                let attr = self.replayed_create(parent, name, kind, owner).ok_or(NsError::Exists)?;
+                // Not known to be new: just drop what changed.
+                cache.local_change(since, &[parent], &[(parent, name)], |_| {});
+                return Ok(attr);
             }
             Err(error) => {
                 // Whatever happened, our view of the directory may be stale now.
-                self.shared.cache.local_change(since, &[parent], &[(parent, name)], |_| {});
+                cache.local_change(since, &[parent], &[(parent, name)], |_| {});
                 return Err(error.into());
             }
         };
-        self.shared
-            .cache
-            .local_change(since, &[parent], &[(parent, name)], |filler| filler.entry(parent, name, Some(&attr)));
+        // The parent as it was, to apply the create to it (below) instead of dropping it.
+        let parent_before = cache.peek_attr(parent);
+        cache.local_change(since, &[parent], &[(parent, name)], |filler| {
+            filler.entry(parent, name, Some(&attr));
+            // The kernel asks for security.capability before every write; a new inode has
+            // no xattrs, so answer that without an RPC. A new directory has no entries.
+            filler.no_xattrs(attr.attr.ino);
+            if kind == FileKind::Directory {
+                filler.complete_directory(attr.attr.ino);
+            }
+            if let Some(parent_attr) = parent_before {
+                filler.attr(&with_new_entry(parent_attr, &attr));
+            }
+        });
         Ok(attr)
     }
+}
+
+/// A directory's attributes after an entry for `child` was added to it, as
+/// `Namespace::apply` changes them (add_entry: size = entries, mtime = ctime = the event's
+/// time, which is also the new child's ctime; a subdirectory adds a link). Only used when
+/// no invalidation arrived since the request was sent, so the cached attributes were
+/// current.
+fn with_new_entry(mut directory: InodeAttr, child: &InodeAttr) -> InodeAttr {
+    directory.attr.size += 1;
+    directory.attr.mtime = child.attr.ctime;
+    directory.attr.ctime = child.attr.ctime;
+    if child.attr.kind == FileKind::Directory {
+        directory.attr.nlink += 1;
+    }
+    directory
 }
 
 /// Send a request, retrying transport failures for the outage budget and reopening a lost
@@ -636,7 +666,7 @@ impl Metadata for RemoteMetadata {
         mode: RenameMode,
     ) -> NsResult<()> {
         let source = self.child_of(source_parent, source_name);
-        let target = self.shared.cache.cached_child(target_parent, target_name);
+        let target = self.child_of(target_parent, target_name);
         let cache = &self.shared.cache;
         let since = cache.generation();
         let shared = &self.shared;
@@ -652,8 +682,8 @@ impl Metadata for RemoteMetadata {
         // without the entry, so drop them whether or not we know the entry.
         let inodes: Vec<Ino> = [source_parent, target_parent].into_iter().chain(source).chain(target).collect();
         let entries = [(source_parent, source_name), (target_parent, target_name)];
-        let succeeded = match result {
-            Ok(_) => true,
+        match result {
+            Ok(_) => {}
             // ENOENT on a resend: the first attempt moved it, if the target now exists.
             Err(CallError { error: NsError::NotFound, resent: true }) => {
                 cache.local_change(since, &inodes, &entries, |_| {});
@@ -663,10 +693,23 @@ impl Metadata for RemoteMetadata {
                 cache.local_change(since, &inodes, &entries, |_| {});
                 return Err(error.into());
             }
-        };
-        cache.local_change(since, &inodes, &entries, |filler| {
-            if succeeded && mode != RenameMode::Exchange {
+        }
+        // Renaming a name onto itself or onto another name of the same inode changes
+        // nothing (rename(2)); otherwise the names now point where the rename says.
+        let unchanged =
+            (source_parent, source_name) == (target_parent, target_name) || (source.is_some() && source == target);
+        cache.local_change(since, &inodes, &entries, |filler| match (unchanged, mode, source, target) {
+            (true, _, _, _) => {}
+            (false, RenameMode::Exchange, Some(source), Some(target)) => {
+                filler.entry_to(source_parent, source_name, target);
+                filler.entry_to(target_parent, target_name, source);
+            }
+            (false, RenameMode::Exchange, _, _) => {}
+            (false, RenameMode::Replace | RenameMode::NoReplace, source, _) => {
                 filler.entry(source_parent, source_name, None);
+                if let Some(source) = source {
+                    filler.entry_to(target_parent, target_name, source);
+                }
             }
         });
         Ok(())
@@ -710,11 +753,15 @@ impl Metadata for RemoteMetadata {
             let kind = kind_from_wire(entry.kind)?;
             entries.push((DirEntry { name: entry.name, ino: entry.ino, kind }, attr));
         }
+        let whole = after.is_none() && reply.end && plus && entries.iter().all(|(_, attr)| attr.is_some());
         cache.fill(since, |filler| {
             for (entry, attr) in &entries {
                 if let Some(attr) = attr {
                     filler.entry(ino, &entry.name, Some(attr));
                 }
+            }
+            if whole {
+                filler.complete_directory(ino);
             }
         });
         Ok(ReaddirPage { entries, end: reply.end })

@@ -119,18 +119,18 @@ impl Autoscaler {
         let wakes = self.registry.take_wakes();
         let fresh = self.registry.heartbeat_interval() * LOAD_REPORT_STALE_INTERVALS;
         let mut decisions = Vec::new();
-        for deployment in 0..self.deployments.len() {
+        for (deployment, serving) in serving.iter().enumerate() {
             let index = deployment as u32;
             self.expire_pending(deployment, now);
             self.stop_drained(deployment, now);
-            let demand: f64 = serving[deployment]
+            let demand: f64 = serving
                 .iter()
                 .filter(|instance| instance.load_reported.is_some_and(|at| now.saturating_duration_since(at) <= fresh))
                 .map(|instance| instance.load.demand_milli as f64 / 1000.0)
                 .sum();
             let woken = wakes.contains(&index);
             let state = &self.deployments[deployment];
-            let current = serving[deployment].len() as u32 + state.pending.len() as u32;
+            let current = serving.len() as u32 + state.pending.len() as u32;
             let mut desired = desired_instances(demand, self.settings.target_concurrency);
             if woken {
                 desired = desired.max(1);
@@ -146,7 +146,7 @@ impl Autoscaler {
             } else if desired < current {
                 let surplus_since = *self.deployments[deployment].surplus_since.get_or_insert(now);
                 if now.saturating_duration_since(surplus_since) >= self.settings.idle && cooled {
-                    self.drain(index, &serving[deployment], (current - desired).min(SCALE_DOWN_STEP_MAX), now);
+                    self.drain(index, serving, (current - desired).min(SCALE_DOWN_STEP_MAX), now);
                 }
             } else {
                 self.deployments[deployment].surplus_since = None;
@@ -243,13 +243,17 @@ mod tests {
 
     impl InstanceLauncher for FakeLauncher {
         fn launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
-            let id = self.registry.register(spec.deployment, format!("fake:{}", spec.launch_id), 1, spec.launch_id).expect("register");
+            let id = self
+                .registry
+                .register(spec.deployment, format!("fake:{}", spec.launch_id), 1, spec.launch_id)
+                .expect("register");
             self.launched.lock().expect("lock").push((spec.launch_id, spec.deployment, id));
             Ok(())
         }
         fn stop(&self, launch_id: u64) {
             self.stopped.lock().expect("lock").push(launch_id);
-            let instance = self.launched.lock().expect("lock").iter().find(|(l, _, _)| *l == launch_id).map(|(_, _, id)| *id);
+            let instance =
+                self.launched.lock().expect("lock").iter().find(|(l, _, _)| *l == launch_id).map(|(_, _, id)| *id);
             if let Some(id) = instance {
                 self.registry.deregister(id);
             }
@@ -277,7 +281,11 @@ mod tests {
     #[test]
     fn scales_up_with_load_and_down_after_idle() {
         let registry = Arc::new(Registry::new(1, Duration::from_secs(3600), Duration::from_secs(60)));
-        let launcher = Arc::new(FakeLauncher { registry: registry.clone(), launched: Mutex::default(), stopped: Mutex::default() });
+        let launcher = Arc::new(FakeLauncher {
+            registry: registry.clone(),
+            launched: Mutex::default(),
+            stopped: Mutex::default(),
+        });
         let settings = ReplicaSettings {
             deployments: 1,
             min_instances: 1,

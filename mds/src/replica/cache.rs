@@ -45,6 +45,14 @@ struct CachedPage {
     end: bool,
 }
 
+/// Which listing page: the directory, the name it resumes after, its length limit.
+#[derive(Clone, Copy, Debug)]
+pub struct PageKey<'a> {
+    pub directory: Ino,
+    pub after: &'a [u8],
+    pub limit: u32,
+}
+
 /// What one invalidation names (see replica.proto `InvalidateRequest`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InvalidationKeys {
@@ -76,7 +84,12 @@ impl LoggedKeys {
             inodes: keys.inodes.iter().chain(&keys.removed).copied().collect(),
             removed: keys.removed.iter().copied().collect(),
             entries: keys.entries.iter().cloned().collect(),
-            entry_directories: keys.entries.iter().map(|(parent, _)| *parent).chain(keys.removed.iter().copied()).collect(),
+            entry_directories: keys
+                .entries
+                .iter()
+                .map(|(parent, _)| *parent)
+                .chain(keys.removed.iter().copied())
+                .collect(),
         }
     }
 }
@@ -168,7 +181,7 @@ impl ReplicaCache {
         let page = self.pages.get(&directory)?.get(&(after.to_vec(), limit))?;
         let mut entries = Vec::with_capacity(page.entries.len());
         for entry in &page.entries {
-            let attr = if plus { Some(self.attrs.get(&entry.ino)?.attr.clone()) } else { None };
+            let attr = if plus { Some(self.attrs.get(&entry.ino)?.attr) } else { None };
             entries.push(pb::DirEntry { name: entry.name.clone(), ino: entry.ino, kind: entry.kind, attr });
         }
         Some((entries, page.end))
@@ -228,13 +241,12 @@ impl ReplicaCache {
     pub fn fill_readdir(
         &mut self,
         started: u64,
-        directory: Ino,
-        after: &[u8],
-        limit: u32,
+        page: PageKey<'_>,
         entries: &[pb::DirEntry],
         end: bool,
         homes: &[Ino],
     ) -> bool {
+        let PageKey { directory, after, limit } = page;
         if self.raced(started, |keys| keys.entry_directories.contains(&directory)) || !self.owns(directory) {
             return false;
         }
@@ -253,7 +265,7 @@ impl ReplicaCache {
             let Some(attr) = &entry.attr else { continue };
             let ino = entry.ino;
             if !self.raced(started, |keys| keys.inodes.contains(&ino)) {
-                self.admit_attr(CachedAttr { attr: attr.clone(), home: *home });
+                self.admit_attr(CachedAttr { attr: *attr, home: *home });
             }
         }
         true
@@ -358,7 +370,11 @@ mod tests {
         pb::Attr { ino, kind: pb::FileKind::Regular as i32, size, nlink: 1, ..Default::default() }
     }
 
-    /// A directory and a file living in it, both owned by deployment 0 of 1.
+    fn page(directory: Ino, limit: u32) -> PageKey<'static> {
+        PageKey { directory, after: b"", limit }
+    }
+
+    /// A cache owning everything (deployment 0 of 1).
     fn single() -> ReplicaCache {
         ReplicaCache::new(0, 1, 1000)
     }
@@ -374,7 +390,11 @@ mod tests {
         assert!(cache.fill_lookup(cache.generation(), 1, b"b", None));
         assert_eq!(cache.lookup(1, b"b"), Some(LookupHit::Missing));
         // Creating b invalidates the negative entry.
-        cache.invalidate(&InvalidationKeys { entries: vec![(1, b"b".to_vec())], inodes: vec![1], ..Default::default() });
+        cache.invalidate(&InvalidationKeys {
+            entries: vec![(1, b"b".to_vec())],
+            inodes: vec![1],
+            ..Default::default()
+        });
         assert_eq!(cache.lookup(1, b"b"), None);
         // Changing a's attributes leaves the entry but drops the attributes: a miss.
         cache.invalidate(&InvalidationKeys { inodes: vec![5], ..Default::default() });
@@ -395,8 +415,8 @@ mod tests {
         let started = cache.generation();
         cache.invalidate(&InvalidationKeys { entries: vec![(1, b"x".to_vec())], ..Default::default() });
         assert!(!cache.fill_lookup(started, 1, b"x", None));
-        assert!(!cache.fill_readdir(started, 1, b"", 10, &[], true, &[]));
-        assert!(cache.fill_readdir(started, 2, b"", 10, &[], true, &[]));
+        assert!(!cache.fill_readdir(started, page(1, 10), &[], true, &[]));
+        assert!(cache.fill_readdir(started, page(2, 10), &[], true, &[]));
         // A clear voids every fill in flight.
         let started = cache.generation();
         cache.clear();
@@ -429,7 +449,7 @@ mod tests {
         // not cached here, so the lookup stays a miss.
         assert!(cache.fill_lookup(started, mine, b"g", Some(&CachedAttr { attr: attr(501, 1), home: other })));
         assert_eq!(cache.lookup(mine, b"g"), None);
-        assert!(!cache.fill_readdir(started, other, b"", 5, &[], true, &[]));
+        assert!(!cache.fill_readdir(started, page(other, 5), &[], true, &[]));
     }
 
     /// Listing pages drop with any entry change in their directory; plus pages need every
@@ -441,7 +461,7 @@ mod tests {
             pb::DirEntry { name: b"a".to_vec(), ino: 5, kind: 1, attr: Some(attr(5, 1)) },
             pb::DirEntry { name: b"b".to_vec(), ino: 6, kind: 1, attr: Some(attr(6, 2)) },
         ];
-        assert!(cache.fill_readdir(cache.generation(), 1, b"", 10, &entries, true, &[1, 1]));
+        assert!(cache.fill_readdir(cache.generation(), page(1, 10), &entries, true, &[1, 1]));
         assert_eq!(cache.readdir(1, b"", 10, true).map(|(entries, end)| (entries.len(), end)), Some((2, true)));
         cache.invalidate(&InvalidationKeys { inodes: vec![6], ..Default::default() });
         assert!(cache.readdir(1, b"", 10, true).is_none());
@@ -457,7 +477,12 @@ mod tests {
         let mut cache = ReplicaCache::new(0, 1, 8);
         for ino in 10..40 {
             let started = cache.generation();
-            cache.fill_lookup(started, 3, format!("n{ino}").as_bytes(), Some(&CachedAttr { attr: attr(ino, 1), home: 3 }));
+            cache.fill_lookup(
+                started,
+                3,
+                format!("n{ino}").as_bytes(),
+                Some(&CachedAttr { attr: attr(ino, 1), home: 3 }),
+            );
             assert!(cache.items() <= 8, "{} items", cache.items());
         }
         let mut cache = single();

@@ -96,7 +96,12 @@ impl Coherence {
 
     /// Replicas off: plans are always empty.
     pub fn disabled() -> Coherence {
-        Coherence::new(Arc::new(Registry::new(0, Duration::from_secs(1), Duration::from_secs(1))), None, Duration::from_secs(1), None)
+        Coherence::new(
+            Arc::new(Registry::new(0, Duration::from_secs(1), Duration::from_secs(1))),
+            None,
+            Duration::from_secs(1),
+            None,
+        )
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -210,7 +215,8 @@ impl Coherence {
         loop {
             let now = std::time::Instant::now();
             fenced.retain(|(launch_id, lease_expires)| {
-                let exited = *launch_id != 0 && self.launcher.as_ref().is_some_and(|launcher| launcher.has_exited(*launch_id));
+                let exited =
+                    *launch_id != 0 && self.launcher.as_ref().is_some_and(|launcher| launcher.has_exited(*launch_id));
                 !exited && *lease_expires > now
             });
             if fenced.is_empty() {
@@ -250,7 +256,9 @@ pub fn plan_invalidation<'a>(
             Event::Rename { source_parent, source_name, target_parent, target_name, .. } => {
                 for (parent, name) in [(*source_parent, source_name), (*target_parent, target_name)] {
                     let moved = namespace.child_of(parent, name);
-                    if let Some(ino) = moved.filter(|ino| namespace.record(*ino).is_ok_and(|record| record.is_directory())) {
+                    if let Some(ino) =
+                        moved.filter(|ino| namespace.record(*ino).is_ok_and(|record| record.is_directory()))
+                    {
                         plan.all = true;
                         if !plan.subtrees.contains(&ino) {
                             plan.subtrees.push(ino);
@@ -275,7 +283,8 @@ mod tests {
 
     fn mkdir(namespace: &mut Namespace, parent: Ino, name: &str) -> (Ino, Touched) {
         let ino = namespace.next_ino();
-        let event = Event::Mkdir { parent, name: name.into(), ino, mode: 0o755, uid: 0, gid: 0, time: Timestamp::default() };
+        let event =
+            Event::Mkdir { parent, name: name.into(), ino, mode: 0o755, uid: 0, gid: 0, time: Timestamp::default() };
         let touched = namespace.apply(&event).expect("mkdir");
         (ino, touched)
     }

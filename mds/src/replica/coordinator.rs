@@ -25,7 +25,10 @@ type Reply<T> = Result<Response<T>, Status>;
 
 fn fill_attr(namespace: &Namespace, ino: u64) -> NsResult<replica_pb::FillAttrReply> {
     let record = namespace.record(ino)?;
-    Ok(replica_pb::FillAttrReply { attr: Some(attr_to_wire(&record.attr, record.chunk_size_bytes)), home: record.parent })
+    Ok(replica_pb::FillAttrReply {
+        attr: Some(attr_to_wire(&record.attr, record.chunk_size_bytes)),
+        home: record.parent,
+    })
 }
 
 fn answer<T>(result: NsResult<T>) -> Reply<T> {

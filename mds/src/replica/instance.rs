@@ -18,14 +18,14 @@
 //! sub-millisecond service times round up), at most `queue_length_max` wait, the rest are
 //! refused with RESOURCE_EXHAUSTED so clients go elsewhere.
 
-use crate::replica::cache::{CachedAttr, InvalidationKeys, LookupHit, ReplicaCache};
+use crate::replica::cache::{CachedAttr, InvalidationKeys, LookupHit, PageKey, ReplicaCache};
 use anyhow::{bail, Context, Result};
+use cudele_namespace::NsError;
 use cudele_proto::auth::{token_matches, AUTHORIZATION_HEADER};
 use cudele_proto::pb;
 use cudele_proto::replica_pb::{self, coordinator_client::CoordinatorClient, replica_server};
 use cudele_proto::routing::{is_answer, lazy_channel, CoordinatorApi, Headers};
 use cudele_proto::status_from_error;
-use cudele_namespace::NsError;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -208,12 +208,17 @@ impl Shared {
                 pid: std::process::id(),
                 launch_id: self.config.launch_id,
             };
-            let result = tokio::time::timeout(COORDINATOR_CALL_TIMEOUT, self.coordinator.clone().register(request)).await;
+            let result =
+                tokio::time::timeout(COORDINATOR_CALL_TIMEOUT, self.coordinator.clone().register(request)).await;
             match result {
                 Ok(Ok(reply)) => {
                     let reply = reply.into_inner();
                     if self.config.deployment >= reply.deployments {
-                        bail!("deployment {} does not exist (the MDS has {})", self.config.deployment, reply.deployments);
+                        bail!(
+                            "deployment {} does not exist (the MDS has {})",
+                            self.config.deployment,
+                            reply.deployments
+                        );
                     }
                     let lease = Duration::from_millis(reply.lease_ms);
                     self.cache().set_deployments(reply.deployments);
@@ -223,7 +228,11 @@ impl Shared {
                         .clamp(HEARTBEAT_INTERVAL_MIN, lease.max(HEARTBEAT_INTERVAL_MIN));
                     membership.lease = lease;
                     membership.valid_until = Some(sent + lease - lease / LEASE_MARGIN_DIVISOR);
-                    tracing::info!(instance = reply.instance, deployment = self.config.deployment, "registered with the MDS");
+                    tracing::info!(
+                        instance = reply.instance,
+                        deployment = self.config.deployment,
+                        "registered with the MDS"
+                    );
                     return Ok(());
                 }
                 Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
@@ -251,7 +260,8 @@ impl Shared {
             let sent = Instant::now();
             let instance = self.membership().instance;
             let request = replica_pb::HeartbeatRequest { instance, load: Some(self.load()) };
-            let result = tokio::time::timeout(COORDINATOR_CALL_TIMEOUT, self.coordinator.clone().heartbeat(request)).await;
+            let result =
+                tokio::time::timeout(COORDINATOR_CALL_TIMEOUT, self.coordinator.clone().heartbeat(request)).await;
             match result {
                 Ok(Ok(reply)) => {
                     last_contact = Instant::now();
@@ -265,7 +275,10 @@ impl Shared {
                 }
                 Ok(Err(status)) if status.code() == Code::NotFound => {
                     last_contact = Instant::now();
-                    tracing::warn!(instance, "the MDS no longer knows this instance; dropping the cache and registering again");
+                    tracing::warn!(
+                        instance,
+                        "the MDS no longer knows this instance; dropping the cache and registering again"
+                    );
                     self.register().await?;
                 }
                 Ok(Err(status)) => tracing::debug!(%status, "heartbeat failed"),
@@ -335,7 +348,8 @@ impl replica_server::Replica for ReplicaService {
                 let reply = reply.into_inner();
                 let attr = reply.attr.ok_or_else(|| Status::internal("fill without attributes"))?;
                 let found = CachedAttr { attr, home: reply.home };
-                let cached = cache_usable && shared.cache().fill_lookup(started, request.parent, &request.name, Some(&found));
+                let cached =
+                    cache_usable && shared.cache().fill_lookup(started, request.parent, &request.name, Some(&found));
                 Ok(Response::new(replica_pb::ReplicaAttrReply {
                     attr: Some(found.attr),
                     home: found.home,
@@ -373,7 +387,11 @@ impl replica_server::Replica for ReplicaService {
         let attr = reply.attr.ok_or_else(|| Status::internal("fill without attributes"))?;
         let found = CachedAttr { attr, home: reply.home };
         let cached = leased && shared.leased() && shared.cache().fill_getattr(started, &found);
-        Ok(Response::new(replica_pb::ReplicaAttrReply { attr: Some(found.attr), home: found.home, source: source(cached) }))
+        Ok(Response::new(replica_pb::ReplicaAttrReply {
+            attr: Some(found.attr),
+            home: found.home,
+            source: source(cached),
+        }))
     }
 
     async fn readdir(&self, request: Request<pb::ReaddirRequest>) -> Reply<replica_pb::ReplicaReaddirReply> {
@@ -382,7 +400,9 @@ impl replica_server::Replica for ReplicaService {
         let _admitted = shared.admit().await?;
         let leased = shared.leased();
         if leased {
-            if let Some((entries, end)) = shared.cache().readdir(request.ino, &request.after, request.limit, request.plus) {
+            if let Some((entries, end)) =
+                shared.cache().readdir(request.ino, &request.after, request.limit, request.plus)
+            {
                 shared.counters.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Response::new(replica_pb::ReplicaReaddirReply {
                     entries,
@@ -398,14 +418,16 @@ impl replica_server::Replica for ReplicaService {
             && shared.leased()
             && shared.cache().fill_readdir(
                 started,
-                request.ino,
-                &request.after,
-                request.limit,
+                PageKey { directory: request.ino, after: &request.after, limit: request.limit },
                 &reply.entries,
                 reply.end,
                 &reply.homes,
             );
-        Ok(Response::new(replica_pb::ReplicaReaddirReply { entries: reply.entries, end: reply.end, source: source(cached) }))
+        Ok(Response::new(replica_pb::ReplicaReaddirReply {
+            entries: reply.entries,
+            end: reply.end,
+            source: source(cached),
+        }))
     }
 
     async fn invalidate(&self, request: Request<replica_pb::InvalidateRequest>) -> Reply<replica_pb::InvalidateReply> {
@@ -413,10 +435,9 @@ impl replica_server::Replica for ReplicaService {
         let shared = &self.shared;
         let current = shared.membership().instance;
         if request.instance != current {
-            return Err(Status::failed_precondition(format!(
-                "this is instance {current}, not {}",
-                request.instance
-            )));
+            // Meant for an earlier registration of this process (or a process that had this
+            // address before): dropping is always safe, and the acknowledgement is true.
+            tracing::debug!(current, meant = request.instance, "invalidation for another instance id; applying it");
         }
         let keys = InvalidationKeys {
             inodes: request.inodes,
@@ -461,7 +482,8 @@ pub async fn run_instance(
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
     let channel = lazy_channel(&config.mds).with_context(|| format!("MDS address {}", config.mds))?;
-    let coordinator = CoordinatorClient::with_interceptor(channel, Headers { token: config.token.clone(), session: None });
+    let coordinator =
+        CoordinatorClient::with_interceptor(channel, Headers { token: config.token.clone(), session: None });
     let now = Instant::now();
     let shared = Arc::new(Shared {
         address: address.to_string(),
@@ -503,7 +525,8 @@ pub async fn run_instance(
         }
         Ok(request)
     };
-    let service = replica_server::ReplicaServer::with_interceptor(ReplicaService { shared: shared.clone() }, authenticate);
+    let service =
+        replica_server::ReplicaServer::with_interceptor(ReplicaService { shared: shared.clone() }, authenticate);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let (lease_failed_sender, mut lease_failed) = watch::channel(false);
     let lease_watch = tokio::spawn(async move {

@@ -184,7 +184,12 @@ impl InstanceLauncher for LocalProcessLauncher {
             });
         }
         let child = command.spawn()?;
-        tracing::info!(launch_id = spec.launch_id, deployment = spec.deployment, pid = child.id(), "replica instance started");
+        tracing::info!(
+            launch_id = spec.launch_id,
+            deployment = spec.deployment,
+            pid = child.id(),
+            "replica instance started"
+        );
         self.lock().running.insert(spec.launch_id, LaunchedProcess { child, stopping_since: None });
         Ok(())
     }

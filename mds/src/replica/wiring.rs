@@ -43,12 +43,8 @@ impl ReplicaLayer {
     /// Start the autoscaler (replicas on only); it stops its instances when `shutdown` turns.
     pub fn spawn_autoscaler(&self, mds_address: SocketAddr, shutdown: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
         let launcher = self.launcher.clone()?;
-        let autoscaler = Autoscaler::new(
-            self.registry.clone(),
-            launcher,
-            self.settings.clone(),
-            reachable(mds_address).to_string(),
-        );
+        let autoscaler =
+            Autoscaler::new(self.registry.clone(), launcher, self.settings.clone(), reachable(mds_address).to_string());
         Some(tokio::spawn(autoscaler.run(shutdown)))
     }
 }

@@ -81,6 +81,17 @@ fn cpu_seconds(pid: &str) -> Result<f64> {
     Ok(ticks as f64 / ticks_per_second)
 }
 
+/// Busy and total jiffies of the whole machine so far, from /proc/stat.
+fn machine_cpu_jiffies() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let values: Vec<u64> = line.split_whitespace().skip(1).map(|value| value.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    let total: u64 = values.iter().take(8).sum();
+    Ok((total - idle, total))
+}
+
 fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -128,6 +139,8 @@ struct Phase {
     latencies: Vec<Duration>,
     mds_cpu_seconds: f64,
     bench_cpu_seconds: f64,
+    /// Fraction of all CPUs busy during the phase (any process, ours included).
+    machine_busy_fraction: f64,
 }
 
 impl Phase {
@@ -135,7 +148,9 @@ impl Phase {
         let wall = self.wall.as_secs_f64();
         let mds_cores = self.mds_cpu_seconds / wall;
         let bench_cores = self.bench_cpu_seconds / wall;
-        let saturated = mds_cores + bench_cores >= SATURATION_FRACTION * nproc() as f64;
+        let ours_saturated = mds_cores + bench_cores >= SATURATION_FRACTION * nproc() as f64;
+        let machine_saturated = self.machine_busy_fraction >= SATURATION_FRACTION;
+        let saturated = ours_saturated || machine_saturated;
         json!({
             "operations": self.operations,
             "seconds": wall,
@@ -148,11 +163,19 @@ impl Phase {
             },
             "mds_cpu_cores": mds_cores,
             "bench_cpu_cores": bench_cores,
+            "machine_busy_fraction": self.machine_busy_fraction,
             "cpu_saturated": saturated,
-            "note": if saturated {
+            "note": if ours_saturated {
                 format!(
                     "CPU-bound: the MDS used {mds_cores:.2} and the benchmark clients {bench_cores:.2} of {} cores; \
                      the figure measures this machine's CPU, not the MDS's limit",
+                    nproc()
+                )
+            } else if machine_saturated {
+                format!(
+                    "CPU-bound by other work: the machine's CPUs were {:.0}% busy (the MDS used {mds_cores:.2} and \
+                     the benchmark clients {bench_cores:.2} of {} cores); the figure understates the MDS",
+                    self.machine_busy_fraction * 100.0,
                     nproc()
                 )
             } else {
@@ -174,6 +197,7 @@ where
     F: Fn(Api, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
+    let machine_before = machine_cpu_jiffies()?;
     let mds_cpu_before = cpu_seconds(mds_pid)?;
     let bench_cpu_before = cpu_seconds("self")?;
     let started = Instant::now();
@@ -203,7 +227,11 @@ where
     }
     let wall = started.elapsed();
     latencies.sort();
+    let machine_after = machine_cpu_jiffies()?;
+    let machine_busy_fraction =
+        (machine_after.0 - machine_before.0) as f64 / (machine_after.1 - machine_before.1).max(1) as f64;
     Ok(Phase {
+        machine_busy_fraction,
         operations: latencies.len() as u64,
         wall,
         latencies,

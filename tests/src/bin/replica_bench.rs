@@ -360,7 +360,13 @@ async fn populate(api: &mut Api, options: &Options) -> Result<Model> {
 }
 
 /// Run one operation; returns its outcome.
-async fn perform(operation: Operation, reader: &RoutedReader, api: &mut Api, model: &Mutex<Model>, rng: &mut StdRng) -> Outcome {
+async fn perform(
+    operation: Operation,
+    reader: &RoutedReader,
+    api: &mut Api,
+    model: &Mutex<Model>,
+    rng: &mut StdRng,
+) -> Outcome {
     let read_outcome = |source: ReadSource| match source {
         ReadSource::Replica { cached: true, .. } => Outcome::ReplicaCache,
         ReadSource::Replica { cached: false, .. } => Outcome::ReplicaFilled,
@@ -452,6 +458,9 @@ fn keep_session_alive(mut api: Api, stop: Arc<AtomicBool>) {
     tokio::spawn(async move {
         while !stop.load(Ordering::Acquire) {
             tokio::time::sleep(SESSION_HEARTBEAT_INTERVAL).await;
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
             if let Err(status) = api.client.heartbeat(pb::Empty {}).await {
                 eprintln!("session heartbeat failed: {status}");
             }
@@ -473,7 +482,7 @@ async fn run_elastic(options: &Options, directory: &Path) -> Result<Value> {
     wait_for_instances(&mds, options.replica_min as usize).await?;
     let mut setup = Api::open(mds.address, None, "bench-setup").await?;
     let model = Arc::new(Mutex::new(populate(&mut setup, options).await?));
-    let reader = Arc::new(RoutedReader::new(&mds.address.to_string(), RoutingOptions::default())?);
+    let reader = Arc::new(RoutedReader::connect(&mds.address.to_string(), RoutingOptions::default()).await?);
 
     let mut rng = StdRng::seed_from_u64(options.seed);
     let phases = options.duration_s.div_ceil(options.phase_s.max(1));
@@ -693,7 +702,7 @@ async fn run_scaling(options: &Options, root: &Path) -> Result<Value> {
             api.create(top, format!("f{number}"), 0o644).await?;
             names.push(format!("f{number}"));
         }
-        let reader = Arc::new(RoutedReader::new(&mds.address.to_string(), RoutingOptions::default())?);
+        let reader = Arc::new(RoutedReader::connect(&mds.address.to_string(), RoutingOptions::default()).await?);
         let stop = Arc::new(AtomicBool::new(false));
         let counted = Arc::new(AtomicU64::new(0));
         let counting = Arc::new(AtomicBool::new(false));
@@ -716,7 +725,8 @@ async fn run_scaling(options: &Options, root: &Path) -> Result<Value> {
         let cpu_before = read_cpu();
         counting.store(true, Ordering::Release);
         let measured_from = Instant::now();
-        let window = Duration::from_secs(options.scaling_step_s).saturating_sub(SCALING_WARMUP).max(Duration::from_secs(1));
+        let window =
+            Duration::from_secs(options.scaling_step_s).saturating_sub(SCALING_WARMUP).max(Duration::from_secs(1));
         tokio::time::sleep(window).await;
         counting.store(false, Ordering::Release);
         let seconds = measured_from.elapsed().as_secs_f64();
@@ -730,7 +740,8 @@ async fn run_scaling(options: &Options, root: &Path) -> Result<Value> {
             _ => 0.0,
         };
         let throughput = counted.load(Ordering::Relaxed) as f64 / seconds;
-        let capacity = f64::from(instances) * f64::from(options.concurrency_limit) / (options.service_time_us.max(1) as f64 / 1e6);
+        let capacity =
+            f64::from(instances) * f64::from(options.concurrency_limit) / (options.service_time_us.max(1) as f64 / 1e6);
         eprintln!("scaling: {instances} instance(s): {throughput:.0} lookups/s (CPU {:.0}% busy)", busy * 100.0);
         steps.push(json!({
             "instances": instances,
@@ -761,11 +772,9 @@ fn plot(results: &Value, path: &Path) -> Result<()> {
     let timeline = elastic["timeline"].as_array().cloned().unwrap_or_default();
     let seconds = timeline.len().max(1) as f64;
     let value = |entry: &Value, key: &str| entry[key].as_f64().unwrap_or(0.0);
-    let peak_ops = timeline
-        .iter()
-        .map(|entry| value(entry, "completed_ops").max(value(entry, "target_ops")))
-        .fold(1.0, f64::max)
-        * 1.1;
+    let peak_ops =
+        timeline.iter().map(|entry| value(entry, "completed_ops").max(value(entry, "target_ops"))).fold(1.0, f64::max)
+            * 1.1;
     let peak_live = timeline.iter().map(|entry| value(entry, "live_instances")).fold(1.0, f64::max) + 1.0;
     let saturated = elastic["cpu_saturated_seconds"].as_u64().unwrap_or(0);
     let title = format!(
@@ -791,7 +800,10 @@ fn plot(results: &Value, path: &Path) -> Result<()> {
         }
     }
     chart
-        .draw_series(LineSeries::new(timeline.iter().map(|entry| (value(entry, "second"), value(entry, "target_ops"))), &BLACK.mix(0.4)))?
+        .draw_series(LineSeries::new(
+            timeline.iter().map(|entry| (value(entry, "second"), value(entry, "target_ops"))),
+            &BLACK.mix(0.4),
+        ))?
         .label("target rate")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
     chart
@@ -816,7 +828,12 @@ fn plot(results: &Value, path: &Path) -> Result<()> {
         .map(|points| {
             points
                 .iter()
-                .map(|point| (point["latency_us"].as_f64().unwrap_or(1.0).max(1.0) / 1000.0, point["fraction"].as_f64().unwrap_or(0.0)))
+                .map(|point| {
+                    (
+                        point["latency_us"].as_f64().unwrap_or(1.0).max(1.0) / 1000.0,
+                        point["fraction"].as_f64().unwrap_or(0.0),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -885,7 +902,11 @@ async fn run(options: Options) -> Result<()> {
     let elastic_dir = scratch.path().join("elastic");
     std::fs::create_dir_all(&elastic_dir)?;
     let elastic = run_elastic(&options, &elastic_dir).await?;
-    let scaling = if options.scaling_instances.is_empty() { json!({ "steps": [] }) } else { run_scaling(&options, scratch.path()).await? };
+    let scaling = if options.scaling_instances.is_empty() {
+        json!({ "steps": [] })
+    } else {
+        run_scaling(&options, scratch.path()).await?
+    };
     let results = json!({
         "benchmark": "replica_bench",
         "machine": machine(),
@@ -947,6 +968,7 @@ fn main() -> Result<()> {
             std::env::set_var("CUDELE_BIN_DIR", directory);
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(options.cores.max(1)).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(options.cores.max(1)).enable_all().build()?;
     runtime.block_on(run(options))
 }
