@@ -10,6 +10,8 @@
 //!   without a mount.
 //! - [`fuse`]: the thin fuser adapter: translate, call `fs`, reply.
 //! - [`mount`]: mount options, mounting (foreground or daemonised), unmounting.
+//! - [`subtree`]: decoupled subtrees — local view, client journal, and the router that
+//!   makes them one more `Metadata` (control through `cudele.*` xattrs on directories).
 //! - [`commands`]: `cudele status` and `cudele gc`.
 //! - [`runtime`], [`sync`], [`error`]: the client's tokio runtime, locks, setup errors.
 
@@ -21,4 +23,5 @@ pub mod fuse;
 pub mod metadata;
 pub mod mount;
 pub mod runtime;
+pub mod subtree;
 pub mod sync;

@@ -8,6 +8,7 @@ use crate::fs::CudeleFs;
 use crate::fuse::FuseAdapter;
 use crate::metadata::{LocalMetadata, Metadata, RemoteMetadata, RemoteOptions};
 use crate::runtime::Blocking;
+use crate::subtree::{RemoteControl, SubtreeRouter};
 use crate::sync::Arc;
 use cudele_journal::store::{JournalStore, StoreOptions};
 use fuser::{MountOption, SessionACL};
@@ -55,7 +56,12 @@ pub struct MountConfig {
     /// Where a daemonised mount logs (default: nowhere).
     pub log_file: Option<PathBuf>,
     pub outage_timeout: Duration,
+    /// Where decoupled subtrees with Local Persist keep their client journals.
+    pub journal_dir: PathBuf,
 }
+
+/// Default directory for locally persisted client journals.
+pub const JOURNAL_DIR_DEFAULT: &str = "/var/lib/cudele/journals";
 
 impl MountConfig {
     pub fn new(server: impl Into<String>, mountpoint: impl Into<PathBuf>) -> Self {
@@ -70,6 +76,7 @@ impl MountConfig {
             kernel_flags: Vec::new(),
             log_file: None,
             outage_timeout: Duration::from_millis(crate::metadata::remote::OUTAGE_TIMEOUT_MS),
+            journal_dir: PathBuf::from(JOURNAL_DIR_DEFAULT),
         }
     }
 
@@ -99,6 +106,10 @@ impl MountConfig {
             }
             ("fsname", Some(fsname)) => {
                 self.fsname = fsname.to_string();
+                None
+            }
+            ("journal_dir", Some(path)) => {
+                self.journal_dir = PathBuf::from(path);
                 None
             }
             ("log", Some(path)) => {
@@ -233,8 +244,26 @@ pub fn connect(config: &MountConfig) -> Result<Arc<CudeleFs>, ClientError> {
         }
     };
     tracing::info!(server = %config.server, object_store = %url, session = metadata.session(), "connected");
-    let metadata: Arc<dyn Metadata> = metadata;
+    let control = Arc::new(RemoteControl { remote: metadata.clone(), objects: objects.clone(), runtime: runtime.clone() });
+    let router = Arc::new(SubtreeRouter::new(metadata, control, config.journal_dir.clone()));
+    start_sync_timer(&router);
+    let metadata: Arc<dyn Metadata> = router;
     Ok(Arc::new(CudeleFs::new(metadata, ChunkStore::new(objects, runtime))))
+}
+
+/// Merge weak subtrees on their namespace-sync interval, until the router is dropped.
+fn start_sync_timer(router: &Arc<SubtreeRouter>) {
+    let router = Arc::downgrade(router);
+    let spawned = std::thread::Builder::new().name("cudele-sync".into()).spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(crate::subtree::router::SYNC_TICK_MS));
+        match router.upgrade() {
+            Some(router) => router.sync_due(),
+            None => return,
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "no namespace-sync timer: sync_interval will not be honoured");
+    }
 }
 
 /// Mount and serve until unmounted (or SIGTERM/SIGINT/SIGHUP, which unmount). `ready` runs

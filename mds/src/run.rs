@@ -126,14 +126,18 @@ pub async fn run(
     let service = MdsServer::with_interceptor(MdsService { mds: mds.clone() }, authenticate.clone());
     let coordinator = CoordinatorServer::with_interceptor(replicas.coordinator_service(mds.clone()), authenticate);
     let autoscaler_task = replicas.spawn_autoscaler(address, shutdown.clone());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic applies `tcp_nodelay` only to listeners it binds itself; without it, Nagle holds
+    // back small replies and invalidations by ~40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mds_for_shutdown = mds.clone();
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
-        .tcp_nodelay(true)
         .add_service(service)
         .add_service(coordinator)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
+            // Graceful shutdown waits for open streams: end the push channels.
+            mds_for_shutdown.sessions.end_subscriptions();
         })
         .await
         .context("serving gRPC")?;

@@ -158,13 +158,11 @@ impl Mds {
     }
 
     pub async fn close_session(&self, session: SessionId) -> NsResult<()> {
+        // Journal the close first: once it applied, no heartbeat can resume the session
+        // (resume_session looks it up in the namespace); then stop its lease.
+        let closed = self.mutate(0, |_| Ok(Event::SessionClose { session }), |_, _| ()).await;
         self.sessions.remove(session);
-        let known =
-            self.namespace.read().expect("namespace lock poisoned").sessions().any(|record| record.session == session);
-        if !known {
-            return Err(NsError::NotFound);
-        }
-        self.mutate(0, |_| Ok(Event::SessionClose { session }), |_, _| ()).await
+        closed
     }
 
     pub async fn expire_session(&self, session: SessionId) {

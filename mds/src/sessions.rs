@@ -85,8 +85,20 @@ impl Sessions {
         let entry = live.get_mut(&session)?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_QUEUE_LENGTH_MAX);
         entry.subscriber = Some(sender);
-        entry.waiting_acks.clear();
+        // A client (re)subscribes with an empty cache, so invalidations it was sent before
+        // are satisfied: acknowledge them rather than leave their writers to time out.
+        for (_, waiter) in entry.waiting_acks.drain() {
+            let _ = waiter.send(());
+        }
         Some(receiver)
+    }
+
+    /// Drop every push channel (the streams end); used at shutdown.
+    pub fn end_subscriptions(&self) {
+        for live in self.lock().values_mut() {
+            live.subscriber = None;
+            live.waiting_acks.clear();
+        }
     }
 
     pub fn acknowledge(&self, session: SessionId, id: u64) {

@@ -70,6 +70,8 @@ pub struct Namespace {
     inodes: HashMap<Ino, Inode>,
     sessions: BTreeMap<SessionId, SessionRecord>,
     next_ino: Ino,
+    /// Session ids are never reused: a stale client must not pass for a new one.
+    next_session: SessionId,
 }
 
 /// Check a directory entry name the way Linux path resolution would.
@@ -124,12 +126,13 @@ impl Namespace {
         };
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, Inode { record: root, children: Some(BTreeMap::new()) });
-        Namespace { inodes, sessions: BTreeMap::new(), next_ino: ROOT_INO + 1 }
+        Namespace { inodes, sessions: BTreeMap::new(), next_ino: ROOT_INO + 1, next_session: 1 }
     }
 
     /// Rebuild a namespace from the key/value pairs of a store or snapshot (any order).
     pub fn from_store_values(values: impl IntoIterator<Item = StoreValue>) -> Result<Self, String> {
-        let mut namespace = Namespace { inodes: HashMap::new(), sessions: BTreeMap::new(), next_ino: ROOT_INO + 1 };
+        let mut namespace =
+            Namespace { inodes: HashMap::new(), sessions: BTreeMap::new(), next_ino: ROOT_INO + 1, next_session: 1 };
         let mut dentries = Vec::new();
         for value in values {
             match value {
@@ -141,7 +144,10 @@ impl Namespace {
                 StoreValue::Session(session) => {
                     namespace.sessions.insert(session.session, session);
                 }
-                StoreValue::Allocator(next) => namespace.next_ino = next,
+                StoreValue::Allocator(next_ino, next_session) => {
+                    namespace.next_ino = next_ino;
+                    namespace.next_session = next_session;
+                }
             }
         }
         for (parent, name, ino) in dentries {
@@ -196,7 +202,7 @@ impl Namespace {
             }
         }
         if touched.allocator {
-            ops.push(StoreOp::Put(StoreKey::Allocator, encode_value(&self.next_ino)));
+            ops.push(StoreOp::Put(StoreKey::Allocator, encode_value(&(self.next_ino, self.next_session))));
         }
         ops
     }
@@ -301,7 +307,7 @@ impl Namespace {
 
     /// The next session id nobody has used.
     pub fn next_session_id(&self) -> SessionId {
-        self.sessions.keys().next_back().map_or(1, |last| last + 1)
+        self.next_session
     }
 
     /// The nearest ancestor directory (itself included) that is decoupled, if any.
@@ -511,9 +517,11 @@ impl Namespace {
             }
             Event::AllocateInodes { owner: _, range } => self.reserve_range(*range, &mut touched)?,
             Event::SessionOpen { session, client, time } => {
-                if self.sessions.contains_key(session) {
-                    return Err(NsError::Exists);
+                if self.sessions.contains_key(session) || *session < self.next_session {
+                    return Err(NsError::InvalidArgument("session id already used"));
                 }
+                self.next_session = session + 1;
+                touched.allocator = true;
                 self.sessions
                     .insert(*session, SessionRecord { session: *session, client: client.clone(), opened: *time });
                 touched.sessions.insert(*session);

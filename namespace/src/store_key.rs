@@ -17,7 +17,7 @@ pub enum StoreKey {
     Inode(Ino),
     Dentry(Ino, Vec<u8>),
     Session(SessionId),
-    /// The next inode number the MDS will hand out.
+    /// The next inode number and session id the MDS will hand out.
     Allocator,
 }
 
@@ -34,7 +34,8 @@ pub enum StoreValue {
     Inode(InodeRecord),
     Dentry { parent: Ino, name: Vec<u8>, ino: Ino },
     Session(SessionRecord),
-    Allocator(Ino),
+    /// (next inode number, next session id): both only ever grow.
+    Allocator(Ino, SessionId),
 }
 
 impl StoreKey {
@@ -96,7 +97,10 @@ pub fn decode_entry(key: &[u8], value: &[u8]) -> Result<StoreValue, String> {
         StoreKey::Inode(_) => StoreValue::Inode(decode(value)?),
         StoreKey::Dentry(parent, name) => StoreValue::Dentry { parent, name, ino: decode(value)? },
         StoreKey::Session(_) => StoreValue::Session(decode(value)?),
-        StoreKey::Allocator => StoreValue::Allocator(decode(value)?),
+        StoreKey::Allocator => {
+            let (next_ino, next_session): (Ino, SessionId) = decode(value)?;
+            StoreValue::Allocator(next_ino, next_session)
+        }
     })
 }
 

@@ -69,7 +69,7 @@ impl Namespace {
                 }
             }
         }
-        all.push(StoreValue::Allocator(highest + 1));
+        all.push(StoreValue::Allocator(highest + 1, 1));
         Namespace::from_store_values(all)
     }
 }

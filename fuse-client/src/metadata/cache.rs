@@ -324,6 +324,14 @@ impl MetadataCache {
         lock(&self.state).entries.get(&parent).and_then(|names| names.get(name)).copied().flatten()
     }
 
+    /// Forget everything, keep caching (a decoupled subtree came back: what was cached
+    /// from before it was decoupled is stale).
+    pub fn forget_all(&self) {
+        let mut state = lock(&self.state);
+        state.clear();
+        state.generation += 1;
+    }
+
     /// The push channel is down: forget everything and stop caching.
     pub fn disable(&self) {
         let mut state = lock(&self.state);

@@ -172,6 +172,31 @@ impl RemoteMetadata {
         self.shared.session.load(Ordering::Acquire)
     }
 
+    /// Decouple directory `ino` for this session (see `crate::subtree`).
+    pub fn decouple_subtree(&self, ino: Ino, policy: &[u8]) -> NsResult<pb::DecoupleReply> {
+        let shared = &self.shared;
+        let request = pb::DecoupleRequest { ino, policy: policy.to_vec() };
+        self.block_on(async { rpc!(shared, decouple, request).await.map_err(NsError::from) })
+    }
+
+    /// Merge a client journal into the decoupled subtree `request.ino` (idempotent on resend:
+    /// the MDS skips events it merged already).
+    pub fn merge_subtree(&self, request: pb::MergeRequest) -> NsResult<pb::MergeReply> {
+        let shared = &self.shared;
+        let reply = self.block_on(async { rpc!(shared, merge, request).await.map_err(NsError::from) });
+        // Whatever merged, this mount's cached view of the subtree predates it.
+        self.shared.cache.forget_all();
+        reply
+    }
+
+    /// A fresh inode range for this session.
+    pub fn allocate_inode_range(&self, count: u64) -> NsResult<(Ino, Ino)> {
+        let shared = &self.shared;
+        let request = pb::AllocateInodesRequest { count };
+        let reply = self.block_on(async { rpc!(shared, allocate_inodes, request).await.map_err(NsError::from) })?;
+        Ok((reply.start, reply.end))
+    }
+
     /// The coherent cache (for tests and statistics).
     pub fn cache(&self) -> &MetadataCache {
         &self.shared.cache

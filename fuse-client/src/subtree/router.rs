@@ -468,6 +468,11 @@ impl Metadata for SubtreeRouter {
         }
     }
 
+    fn close(&self) {
+        self.shutdown();
+        self.inner.close();
+    }
+
     fn fsync(&self, ino: Ino) -> NsResult<()> {
         let Some(entry) = self.subtree_of(ino) else { return self.inner.fsync(ino) };
         let mut entry = entry.lock().expect("subtree lock poisoned");
