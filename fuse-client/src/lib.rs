@@ -12,6 +12,7 @@
 //! - [`mount`]: mount options, mounting (foreground or daemonised), unmounting.
 //! - [`subtree`]: decoupled subtrees — local view, client journal, and the router that
 //!   makes them one more `Metadata` (control through `cudele.*` xattrs on directories).
+//! - [`subtree_cli`]: `cudele decouple|merge|recouple|status DIR` and `cudele journal ...`.
 //! - [`commands`]: `cudele status` and `cudele gc`.
 //! - [`runtime`], [`sync`], [`error`]: the client's tokio runtime, locks, setup errors.
 
@@ -24,4 +25,5 @@ pub mod metadata;
 pub mod mount;
 pub mod runtime;
 pub mod subtree;
+pub mod subtree_cli;
 pub mod sync;

@@ -2,7 +2,7 @@
 //! `/sbin/mount.fuse.cudele`, the mount(8) helper for `mount -t fuse.cudele`.
 
 use clap::{Parser, Subcommand};
-use cudele_client::commands;
+use cudele_client::{commands, subtree_cli};
 use cudele_client::data::gc::GC_GRACE_DEFAULT_SECS;
 use cudele_client::mount::{self, MountConfig};
 use std::path::PathBuf;
@@ -42,8 +42,24 @@ enum Command {
     },
     /// Unmount; cleans up a dead mount whose process was killed, too.
     Umount { mountpoint: PathBuf },
-    /// Show the MDS: sessions, operation counts, journal progress.
+    /// Decouple DIR: this mount runs its subtree locally under the policy (policies.yml).
+    Decouple {
+        directory: PathBuf,
+        #[arg(long)]
+        policy: PathBuf,
+    },
+    /// Merge DIR's client journal into the MDS now (weak subtrees).
+    Merge { directory: PathBuf },
+    /// Merge DIR (weak subtrees) and return it to the MDS's strong default.
+    Recouple { directory: PathBuf },
+    /// Inspect, export, import or apply journals (MDS segments and client journals).
+    #[command(subcommand)]
+    Journal(JournalCommand),
+    /// Show the MDS (sessions, operation counts, journal progress), or with DIR a decoupled
+    /// subtree (cell, mechanisms, owner, inode range, unmerged events).
     Status {
+        /// A decoupled directory on a cudele mount.
+        directory: Option<PathBuf>,
         #[arg(long, env = "CUDELE_SERVER", default_value = SERVER_DEFAULT)]
         server: String,
         #[arg(long)]
@@ -72,6 +88,41 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum JournalCommand {
+    /// Verify checksums and summarise: sequence range, events and bytes by kind.
+    Inspect {
+        /// A segment file, or with --store an object name (e.g. journal/00000000000000000001.seg).
+        source: String,
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// Print the events as JSON lines.
+    Export {
+        source: String,
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// Build a segment file from JSON lines.
+    Import { json: PathBuf, output: PathBuf },
+    /// Merge a client journal into the decoupled subtree DIR as an operator.
+    Apply {
+        source: String,
+        /// Read the journal from this object store (the MDS reads the object).
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Give the subtree back to the MDS afterwards.
+        #[arg(long)]
+        recouple: bool,
+        #[arg(long, env = "CUDELE_SERVER", default_value = SERVER_DEFAULT)]
+        server: String,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CUDELE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cudele_client=info"));
@@ -96,7 +147,18 @@ fn run(cli: Cli) -> Result<(), String> {
             mount(config, foreground).map_err(|error| error.to_string())
         }
         Command::Umount { mountpoint } => mount::umount(&mountpoint).map_err(|error| error.to_string()),
-        Command::Status { server, token_file, json } => {
+        Command::Decouple { directory, policy } => subtree_cli::decouple(&directory, &policy),
+        Command::Merge { directory } => subtree_cli::merge(&directory, false),
+        Command::Recouple { directory } => subtree_cli::merge(&directory, true),
+        Command::Journal(JournalCommand::Inspect { source, store }) => subtree_cli::journal_inspect(&source, store.as_deref()),
+        Command::Journal(JournalCommand::Export { source, store }) => subtree_cli::journal_export(&source, store.as_deref()),
+        Command::Journal(JournalCommand::Import { json, output }) => subtree_cli::journal_import(&json, &output),
+        Command::Journal(JournalCommand::Apply { source, store, dir, recouple, server, token_file }) => {
+            let token = commands::read_token(token_file.as_deref()).map_err(|error| error.to_string())?;
+            subtree_cli::journal_apply(&source, store.as_deref(), &dir, &server, token, recouple)
+        }
+        Command::Status { directory: Some(directory), json, .. } => subtree_cli::status(&directory, json),
+        Command::Status { directory: None, server, token_file, json } => {
             let token = commands::read_token(token_file.as_deref()).map_err(|error| error.to_string())?;
             let status = commands::fetch_status(&server, token.as_deref()).map_err(|error| error.to_string())?;
             if json {
@@ -190,7 +252,7 @@ fn run_helper(args: &[String]) -> Result<(), String> {
 
 /// Subcommands (and flags) the normal command line understands.
 fn is_command_line(first: &str) -> bool {
-    first.starts_with('-') || ["mount", "umount", "status", "gc", "help"].contains(&first)
+    first.starts_with('-') || ["mount", "umount", "status", "gc", "decouple", "merge", "recouple", "journal", "help"].contains(&first)
 }
 
 fn main() -> ExitCode {

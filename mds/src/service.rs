@@ -552,26 +552,13 @@ impl mds_server::Mds for MdsService {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
         instrumented(&self.mds, "merge", async {
-            let (name, bytes) = if request.journal_object.is_empty() {
-                ("inline client journal".to_string(), bytes::Bytes::from(request.journal))
+            let records = if request.journal.is_empty() && request.journal_object.is_empty() {
+                // Nothing to replay (e.g. recouple after everything merged).
+                Vec::new()
             } else {
-                let bytes = self
-                    .mds
-                    .objects
-                    .get(&request.journal_object)
-                    .await
-                    .map_err(|error| NsError::Io(format!("reading {}: {error}", request.journal_object)))?;
-                (request.journal_object.clone(), bytes)
+                client_journal_records(&self.mds, request.journal, &request.journal_object).await?
             };
-            let contents = cudele_journal::segment::read_segment(&bytes).map_err(|error| {
-                tracing::info!(%error, journal = %name, "merge refused: bad client journal");
-                NsError::InvalidArgument("the client journal is corrupt or not a cudele journal")
-            })?;
-            if contents.torn_tail {
-                return Err(NsError::InvalidArgument("the client journal is truncated"));
-            }
-            let summary =
-                self.mds.merge(origin, request.ino, contents.records, request.recouple, request.operator).await?;
+            let summary = self.mds.merge(origin, request.ino, records, request.recouple, request.operator).await?;
             Ok(pb::MergeReply {
                 events_applied: summary.applied,
                 events_skipped: summary.skipped,
@@ -630,4 +617,27 @@ impl mds_server::Mds for MdsService {
 /// Replies built under the lock may themselves fail (the inode vanished): surface that.
 fn flatten<T>(response: Response<NsResult<T>>) -> Reply<T> {
     response.into_inner().map(Response::new).map_err(status_from_error)
+}
+
+/// The records of a client journal sent inline or named as an object; the whole segment is
+/// checked before any of it is used.
+async fn client_journal_records(
+    mds: &Mds,
+    inline: Vec<u8>,
+    object: &str,
+) -> NsResult<Vec<cudele_journal::Record>> {
+    let (name, bytes) = if object.is_empty() {
+        ("inline client journal".to_string(), bytes::Bytes::from(inline))
+    } else {
+        let bytes = mds.objects.get(object).await.map_err(|error| NsError::Io(format!("reading {object}: {error}")))?;
+        (object.to_string(), bytes)
+    };
+    let contents = cudele_journal::segment::read_segment(&bytes).map_err(|error| {
+        tracing::info!(%error, journal = %name, "merge refused: bad client journal");
+        NsError::InvalidArgument("the client journal is corrupt or not a cudele journal")
+    })?;
+    if contents.torn_tail {
+        return Err(NsError::InvalidArgument("the client journal is truncated"));
+    }
+    Ok(contents.records)
 }

@@ -267,6 +267,8 @@ fn machine() -> Value {
         "cpu_model": cpu_model,
         "memory_gib": memory_kib as f64 / (1024.0 * 1024.0),
         "kernel": kernel,
+        // Other work on the machine shares its CPUs with this run.
+        "load_average_at_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string(),
         "build_profile": if cfg!(debug_assertions) { "debug" } else { "release" },
     })
 }
