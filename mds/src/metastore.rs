@@ -81,10 +81,13 @@ impl MetaStore for RocksStore {
     }
 }
 
+/// Key/value pairs and the applied sequence number.
+type MemoryState = (BTreeMap<Vec<u8>, Vec<u8>>, Seq);
+
 /// An in-memory store for unit tests.
 #[derive(Default)]
 pub struct MemoryStore {
-    state: Mutex<(BTreeMap<Vec<u8>, Vec<u8>>, Seq)>,
+    state: Mutex<MemoryState>,
 }
 
 impl MetaStore for MemoryStore {
