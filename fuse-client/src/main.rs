@@ -2,9 +2,9 @@
 //! `/sbin/mount.fuse.cudele`, the mount(8) helper for `mount -t fuse.cudele`.
 
 use clap::{Parser, Subcommand};
-use cudele_client::{commands, subtree_cli};
 use cudele_client::data::gc::GC_GRACE_DEFAULT_SECS;
 use cudele_client::mount::{self, MountConfig};
+use cudele_client::{commands, subtree_cli};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -150,8 +150,12 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Decouple { directory, policy } => subtree_cli::decouple(&directory, &policy),
         Command::Merge { directory } => subtree_cli::merge(&directory, false),
         Command::Recouple { directory } => subtree_cli::merge(&directory, true),
-        Command::Journal(JournalCommand::Inspect { source, store }) => subtree_cli::journal_inspect(&source, store.as_deref()),
-        Command::Journal(JournalCommand::Export { source, store }) => subtree_cli::journal_export(&source, store.as_deref()),
+        Command::Journal(JournalCommand::Inspect { source, store }) => {
+            subtree_cli::journal_inspect(&source, store.as_deref())
+        }
+        Command::Journal(JournalCommand::Export { source, store }) => {
+            subtree_cli::journal_export(&source, store.as_deref())
+        }
         Command::Journal(JournalCommand::Import { json, output }) => subtree_cli::journal_import(&json, &output),
         Command::Journal(JournalCommand::Apply { source, store, dir, recouple, server, token_file }) => {
             let token = commands::read_token(token_file.as_deref()).map_err(|error| error.to_string())?;
@@ -252,7 +256,8 @@ fn run_helper(args: &[String]) -> Result<(), String> {
 
 /// Subcommands (and flags) the normal command line understands.
 fn is_command_line(first: &str) -> bool {
-    first.starts_with('-') || ["mount", "umount", "status", "gc", "decouple", "merge", "recouple", "journal", "help"].contains(&first)
+    first.starts_with('-')
+        || ["mount", "umount", "status", "gc", "decouple", "merge", "recouple", "journal", "help"].contains(&first)
 }
 
 fn main() -> ExitCode {

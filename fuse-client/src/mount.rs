@@ -244,7 +244,8 @@ pub fn connect(config: &MountConfig) -> Result<Arc<CudeleFs>, ClientError> {
         }
     };
     tracing::info!(server = %config.server, object_store = %url, session = metadata.session(), "connected");
-    let control = Arc::new(RemoteControl { remote: metadata.clone(), objects: objects.clone(), runtime: runtime.clone() });
+    let control =
+        Arc::new(RemoteControl { remote: metadata.clone(), objects: objects.clone(), runtime: runtime.clone() });
     let router = Arc::new(SubtreeRouter::new(metadata, control, config.journal_dir.clone()));
     start_sync_timer(&router);
     let metadata: Arc<dyn Metadata> = router;

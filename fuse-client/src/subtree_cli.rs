@@ -104,8 +104,10 @@ pub fn status(directory: &Path, json: bool) -> Result<(), String> {
     }
     println!("subtree        {} (inode {})", directory.display(), status["root"]);
     println!("cell           {}", status["cell"].as_str().unwrap_or_default());
-    let mechanisms: Vec<&str> =
-        status["mechanisms"].as_array().map(|list| list.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
+    let mechanisms: Vec<&str> = status["mechanisms"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|m| m.as_str()).collect())
+        .unwrap_or_default();
     println!("mechanisms     {}", mechanisms.join(", "));
     println!("owner session  {}", status["owner_session"]);
     println!("inodes left    {}", status["inodes_left"]);
@@ -123,7 +125,9 @@ fn read_journal(source: &str, store: Option<&str>) -> Result<Vec<u8>, String> {
             let objects = JournalStore::open(url, &StoreOptions::default()).map_err(|error| error.to_string())?;
             let runtime = Blocking::new("cudele-journal").map_err(|error| error.to_string())?;
             runtime
-                .block_on(async { objects.get(source).await.map_err(|error| cudele_namespace::NsError::Io(error.to_string())) })
+                .block_on(async {
+                    objects.get(source).await.map_err(|error| cudele_namespace::NsError::Io(error.to_string()))
+                })
                 .map(|bytes| bytes.to_vec())
                 .map_err(|error| format!("{source}: {error}"))
         }
@@ -169,7 +173,8 @@ pub fn journal_apply(
         None => request.journal = read_journal(source, None)?,
     }
     let runtime = Blocking::new("cudele-journal").map_err(|error| error.to_string())?;
-    let remote = RemoteMetadata::connect(RemoteOptions::new(server, token), runtime).map_err(|error| error.to_string())?;
+    let remote =
+        RemoteMetadata::connect(RemoteOptions::new(server, token), runtime).map_err(|error| error.to_string())?;
     let reply = remote.merge_subtree(request);
     crate::metadata::Metadata::close(&remote);
     let reply = reply.map_err(|error| format!("merge into {}: {error}", directory.display()))?;

@@ -66,7 +66,12 @@ pub fn import_json_lines(text: &str) -> Result<Vec<u8>, String> {
         let record: Record = serde_json::from_str(line).map_err(|error| format!("line {}: {error}", index + 1))?;
         let builder = builder.get_or_insert_with(|| SegmentBuilder::new(record.seq));
         if record.seq != builder.next_seq() {
-            return Err(format!("line {}: sequence number {} where {} was expected", index + 1, record.seq, builder.next_seq()));
+            return Err(format!(
+                "line {}: sequence number {} where {} was expected",
+                index + 1,
+                record.seq,
+                builder.next_seq()
+            ));
         }
         builder.push(&record).map_err(|error| format!("line {}: {error}", index + 1))?;
     }
@@ -83,7 +88,10 @@ mod tests {
     fn export_import_round_trip() {
         let time = Timestamp { seconds: 1_700_000_000, nanoseconds: 7 };
         let records = vec![
-            Record { seq: 5, event: Event::Mkdir { parent: 1, name: b"d".to_vec(), ino: 9, mode: 0o755, uid: 0, gid: 0, time } },
+            Record {
+                seq: 5,
+                event: Event::Mkdir { parent: 1, name: b"d".to_vec(), ino: 9, mode: 0o755, uid: 0, gid: 0, time },
+            },
             Record { seq: 6, event: Event::Unlink { parent: 9, name: b"x".to_vec(), time } },
         ];
         let mut builder = SegmentBuilder::new(5);

@@ -14,6 +14,9 @@ use std::sync::Mutex;
 /// whose tags are lowercase letters).
 const APPLIED_SEQ_KEY: &[u8] = b"#applied_seq";
 
+/// Called with each key/value pair of a scan; an error stops the scan.
+pub type ScanVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
 /// A narrow store interface; see `tests` below for the conformance checks both backends pass.
 pub trait MetaStore: Send + Sync {
     /// The sequence number of the last event whose effects are in the store (0: none).
@@ -21,7 +24,7 @@ pub trait MetaStore: Send + Sync {
     /// Apply `ops` and record `applied_seq`, atomically.
     fn apply_batch(&self, ops: &[StoreOp], applied_seq: Seq) -> Result<()>;
     /// Every namespace key/value pair (not the applied sequence number), in key order.
-    fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
+    fn scan(&self, visit: &mut ScanVisitor<'_>) -> Result<()>;
 }
 
 pub struct RocksStore {
@@ -67,7 +70,7 @@ impl MetaStore for RocksStore {
         self.database.write_opt(batch, &write_options).context("writing a batch to the metadata store")
     }
 
-    fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn scan(&self, visit: &mut ScanVisitor<'_>) -> Result<()> {
         // A RocksDB snapshot gives one consistent view while writers go on.
         let snapshot = self.database.snapshot();
         for item in snapshot.iterator(rocksdb::IteratorMode::Start) {
@@ -110,7 +113,7 @@ impl MetaStore for MemoryStore {
         Ok(())
     }
 
-    fn scan(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn scan(&self, visit: &mut ScanVisitor<'_>) -> Result<()> {
         let state = self.state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         for (key, value) in &state.0 {
             visit(key, value)?;

@@ -68,7 +68,12 @@ impl Mds {
     /// Run `read` on the namespace for `origin`, which must be allowed to see `ino` (EBUSY
     /// inside another session's blocking decoupled subtree); return once everything it could
     /// have seen is durable.
-    pub async fn read<R>(&self, origin: SessionId, ino: Ino, read: impl FnOnce(&Namespace) -> NsResult<R>) -> NsResult<R> {
+    pub async fn read<R>(
+        &self,
+        origin: SessionId,
+        ino: Ino,
+        read: impl FnOnce(&Namespace) -> NsResult<R>,
+    ) -> NsResult<R> {
         let (result, observed) = {
             let namespace = self.namespace.read().expect("namespace lock poisoned");
             let result = check_access(&namespace, origin, ino).and_then(|()| read(&namespace));

@@ -409,7 +409,9 @@ impl mds_server::Mds for MdsService {
         instrumented(
             &self.mds,
             "listxattr",
-            self.mds.read(origin, request.ino, |namespace| Ok(pb::XattrReply { value: namespace.listxattr(request.ino, request.size)? })),
+            self.mds.read(origin, request.ino, |namespace| {
+                Ok(pb::XattrReply { value: namespace.listxattr(request.ino, request.size)? })
+            }),
         )
         .await
     }
@@ -621,11 +623,7 @@ fn flatten<T>(response: Response<NsResult<T>>) -> Reply<T> {
 
 /// The records of a client journal sent inline or named as an object; the whole segment is
 /// checked before any of it is used.
-async fn client_journal_records(
-    mds: &Mds,
-    inline: Vec<u8>,
-    object: &str,
-) -> NsResult<Vec<cudele_journal::Record>> {
+async fn client_journal_records(mds: &Mds, inline: Vec<u8>, object: &str) -> NsResult<Vec<cudele_journal::Record>> {
     let (name, bytes) = if object.is_empty() {
         ("inline client journal".to_string(), bytes::Bytes::from(inline))
     } else {

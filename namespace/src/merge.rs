@@ -106,7 +106,9 @@ impl Namespace {
                     }
                     plan.push(event.clone());
                 } else {
-                    if self.record(source).is_ok_and(|record| record.is_directory()) && self.is_ancestor_of(source, *target_parent) {
+                    if self.record(source).is_ok_and(|record| record.is_directory())
+                        && self.is_ancestor_of(source, *target_parent)
+                    {
                         return Err("the directory would move into its own subtree");
                     }
                     if self.child_of(*target_parent, target_name) != Some(source) {
@@ -137,7 +139,13 @@ impl Namespace {
                 if !self.inode_inside(subtree, *ino) {
                     return Err("the inode is gone or outside the subtree");
                 }
-                plan.push(Event::SetXattr { ino: *ino, name: name.clone(), value: value.clone(), mode: XattrMode::Upsert, time: *time });
+                plan.push(Event::SetXattr {
+                    ino: *ino,
+                    name: name.clone(),
+                    value: value.clone(),
+                    mode: XattrMode::Upsert,
+                    time: *time,
+                });
             }
             Event::Decouple { .. }
             | Event::Recouple { .. }
@@ -150,7 +158,13 @@ impl Namespace {
         Ok(plan)
     }
 
-    fn plan_parent(&self, subtree: Ino, parent: Ino, gone: &'static str, outside: &'static str) -> Result<(), &'static str> {
+    fn plan_parent(
+        &self,
+        subtree: Ino,
+        parent: Ino,
+        gone: &'static str,
+        outside: &'static str,
+    ) -> Result<(), &'static str> {
         if self.record(parent).is_err() {
             return Err(gone);
         }

@@ -527,7 +527,11 @@ impl Namespace {
                 touched.sessions.insert(*session);
             }
             Event::Merged { ino, owner, through_seq } => {
-                let decoupling = self.record(*ino)?.decoupling.as_ref().ok_or(NsError::InvalidArgument("the directory is not decoupled"))?;
+                let decoupling = self
+                    .record(*ino)?
+                    .decoupling
+                    .as_ref()
+                    .ok_or(NsError::InvalidArgument("the directory is not decoupled"))?;
                 if decoupling.owner != *owner {
                     return Err(NsError::Busy("the subtree is decoupled by another client"));
                 }

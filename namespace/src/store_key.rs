@@ -32,7 +32,11 @@ pub enum StoreOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreValue {
     Inode(InodeRecord),
-    Dentry { parent: Ino, name: Vec<u8>, ino: Ino },
+    Dentry {
+        parent: Ino,
+        name: Vec<u8>,
+        ino: Ino,
+    },
     Session(SessionRecord),
     /// (next inode number, next session id): both only ever grow.
     Allocator(Ino, SessionId),
@@ -134,7 +138,8 @@ pub fn decode_frames(bytes: &[u8]) -> Result<Vec<StoreValue>, String> {
     let mut reader = cudele_journal::segment::FrameReader::new(bytes, FRAMED_ENTRY_BYTES_MAX);
     for frame in reader.by_ref() {
         let payload = frame.map_err(|error| error.to_string())?.payload;
-        let key_length = payload.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or("short frame")?;
+        let key_length =
+            payload.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or("short frame")?;
         let key = payload.get(4..4 + key_length).ok_or("key runs past its frame")?;
         values.push(decode_entry(key, &payload[4 + key_length..])?);
     }

@@ -5,7 +5,7 @@ use super::router::{MergeOutcome, MergeSource, SubtreeControl};
 use crate::metadata::RemoteMetadata;
 use crate::runtime::Blocking;
 use cudele_journal::store::JournalStore;
-use cudele_journal::{InodeRange, Ino};
+use cudele_journal::{Ino, InodeRange};
 use cudele_namespace::{NsError, NsResult};
 use cudele_proto::pb;
 use std::sync::Arc;

@@ -91,11 +91,15 @@ impl ClientJournal {
     pub fn mark_merged(&mut self, through: Seq) {
         self.records.retain(|record| record.seq > through);
         self.merged_seq = self.merged_seq.max(through);
-        self.unmerged_bytes = self.records.iter().map(|record| {
-            let mut payload = Vec::new();
-            cudele_journal::codec::encode_record(record, &mut payload);
-            payload.len() as u64 + cudele_journal::segment::FRAME_HEADER_BYTES as u64
-        }).sum();
+        self.unmerged_bytes = self
+            .records
+            .iter()
+            .map(|record| {
+                let mut payload = Vec::new();
+                cudele_journal::codec::encode_record(record, &mut payload);
+                payload.len() as u64 + cudele_journal::segment::FRAME_HEADER_BYTES as u64
+            })
+            .sum();
     }
 
     /// Local Persist: write the unmerged events to `path` durably (temp file, fsync, rename,

@@ -16,7 +16,7 @@
 use super::journal::{client_journal_file, client_journal_object};
 use super::view::DecoupledSubtree;
 use crate::metadata::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges, TimeChange};
-use cudele_journal::{AttrChanges, FileKind, InodeRange, Ino, RenameMode, Timestamp, XattrMode};
+use cudele_journal::{AttrChanges, FileKind, Ino, InodeRange, RenameMode, Timestamp, XattrMode};
 use cudele_namespace::{NsError, NsResult};
 use cudele_policy::{Consistency, Mechanism, Policy};
 use serde::Serialize;
@@ -111,7 +111,11 @@ impl SubtreeRouter {
     }
 
     /// Run a change that may need a fresh inode number; refill the range once if it ran out.
-    fn with_allocation<R>(&self, parent: Ino, mut local: impl FnMut(&mut DecoupledSubtree) -> NsResult<R>) -> Option<NsResult<R>> {
+    fn with_allocation<R>(
+        &self,
+        parent: Ino,
+        mut local: impl FnMut(&mut DecoupledSubtree) -> NsResult<R>,
+    ) -> Option<NsResult<R>> {
         let entry = self.subtree_of(parent)?;
         let mut entry = entry.lock().expect("subtree lock poisoned");
         match local(&mut entry.subtree) {
@@ -152,7 +156,10 @@ impl SubtreeRouter {
         let (range, frames, merged_seq) = self.control.decouple(ino, policy_text)?;
         let subtree = DecoupledSubtree::new(ino, b"decoupled", policy, range, &frames, merged_seq)
             .map_err(|error| NsError::Io(format!("materialising the subtree: {error}")))?;
-        self.subtrees.write().expect("subtrees lock poisoned").insert(ino, Arc::new(Mutex::new(Entry { subtree, last_merge: None, last_sync: std::time::Instant::now() })));
+        self.subtrees.write().expect("subtrees lock poisoned").insert(
+            ino,
+            Arc::new(Mutex::new(Entry { subtree, last_merge: None, last_sync: std::time::Instant::now() })),
+        );
         Ok(())
     }
 
@@ -163,7 +170,11 @@ impl SubtreeRouter {
         let root = entry.subtree.root;
         if mechanisms.contains(&Mechanism::LocalPersist) {
             let path = client_journal_file(&self.journal_dir, root);
-            entry.subtree.journal_mut().persist_local(&path).map_err(|error| NsError::Io(format!("local persist: {error}")))?;
+            entry
+                .subtree
+                .journal_mut()
+                .persist_local(&path)
+                .map_err(|error| NsError::Io(format!("local persist: {error}")))?;
         }
         if mechanisms.contains(&Mechanism::GlobalPersist) || mechanisms.contains(&Mechanism::NonvolatileApply) {
             let object = client_journal_object(root, self.control.session());
@@ -241,7 +252,11 @@ impl SubtreeRouter {
             let due = self.subtrees.read().expect("subtrees lock poisoned").get(&root).is_some_and(|entry| {
                 let entry = entry.lock().expect("subtree lock poisoned");
                 !invisible(&entry.subtree.policy)
-                    && entry.subtree.policy.sync_interval().is_some_and(|interval| entry.last_sync.elapsed() >= interval)
+                    && entry
+                        .subtree
+                        .policy
+                        .sync_interval()
+                        .is_some_and(|interval| entry.last_sync.elapsed() >= interval)
             });
             if due {
                 if let Err(error) = self.merge(root, false) {
@@ -314,7 +329,15 @@ impl Metadata for SubtreeRouter {
         }
     }
 
-    fn create(&self, parent: Ino, name: &[u8], kind: FileKind, mode: u32, owner: Owner, rdev: u32) -> NsResult<InodeAttr> {
+    fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        owner: Owner,
+        rdev: u32,
+    ) -> NsResult<InodeAttr> {
         match self.with_allocation(parent, |subtree| {
             let attr = subtree.create(parent, name, kind, mode, owner.uid, owner.gid, rdev)?;
             Self::with_layout(subtree, attr.ino)
@@ -373,14 +396,25 @@ impl Metadata for SubtreeRouter {
         }
     }
 
-    fn rename(&self, source_parent: Ino, source_name: &[u8], target_parent: Ino, target_name: &[u8], mode: RenameMode) -> NsResult<()> {
-        let source = self.subtree_of(source_parent).map(|entry| entry.lock().expect("subtree lock poisoned").subtree.root);
-        let target = self.subtree_of(target_parent).map(|entry| entry.lock().expect("subtree lock poisoned").subtree.root);
+    fn rename(
+        &self,
+        source_parent: Ino,
+        source_name: &[u8],
+        target_parent: Ino,
+        target_name: &[u8],
+        mode: RenameMode,
+    ) -> NsResult<()> {
+        let source =
+            self.subtree_of(source_parent).map(|entry| entry.lock().expect("subtree lock poisoned").subtree.root);
+        let target =
+            self.subtree_of(target_parent).map(|entry| entry.lock().expect("subtree lock poisoned").subtree.root);
         if source != target {
             // Moving across the subtree boundary would split one change over two journals.
             return Err(NsError::CrossDevice);
         }
-        match self.with_local(source_parent, |subtree| subtree.rename(source_parent, source_name, target_parent, target_name, mode)) {
+        match self.with_local(source_parent, |subtree| {
+            subtree.rename(source_parent, source_name, target_parent, target_name, mode)
+        }) {
             Some(result) => result,
             None => self.inner.rename(source_parent, source_name, target_parent, target_name, mode),
         }

@@ -3,7 +3,7 @@
 //! appended to the client journal; inode numbers come from ranges the MDS handed out.
 
 use super::journal::ClientJournal;
-use cudele_journal::{AttrChanges, Event, FileKind, InodeRange, Ino, RenameMode, Timestamp, XattrMode, ROOT_INO};
+use cudele_journal::{AttrChanges, Event, FileKind, Ino, InodeRange, RenameMode, Timestamp, XattrMode, ROOT_INO};
 use cudele_namespace::store_key::decode_frames;
 use cudele_namespace::{Attr, DirEntry, Namespace, NsError, NsResult};
 use cudele_policy::Policy;
@@ -31,7 +31,13 @@ impl DecoupledSubtree {
     ) -> Result<Self, String> {
         let values = decode_frames(subtree_frames)?;
         let view = Namespace::from_subtree(root, name, values)?;
-        Ok(DecoupledSubtree { root, policy, view, journal: ClientJournal::new(merged_seq), ranges: VecDeque::from([range]) })
+        Ok(DecoupledSubtree {
+            root,
+            policy,
+            view,
+            journal: ClientJournal::new(merged_seq),
+            ranges: VecDeque::from([range]),
+        })
     }
 
     /// Whether `ino` is inside this subtree (its root included).
@@ -122,7 +128,16 @@ impl DecoupledSubtree {
     // ----- changes -----
 
     #[allow(clippy::too_many_arguments)]
-    pub fn create(&mut self, parent: Ino, name: &[u8], kind: FileKind, mode: u32, uid: u32, gid: u32, rdev: u32) -> NsResult<Attr> {
+    pub fn create(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    ) -> NsResult<Attr> {
         let ino = self.next_ino()?;
         let time = Timestamp::now();
         let event = match kind {
@@ -136,7 +151,15 @@ impl DecoupledSubtree {
 
     pub fn symlink(&mut self, parent: Ino, name: &[u8], target: &[u8], uid: u32, gid: u32) -> NsResult<Attr> {
         let ino = self.next_ino()?;
-        let event = Event::Symlink { parent, name: name.to_vec(), ino, target: target.to_vec(), uid, gid, time: Timestamp::now() };
+        let event = Event::Symlink {
+            parent,
+            name: name.to_vec(),
+            ino,
+            target: target.to_vec(),
+            uid,
+            gid,
+            time: Timestamp::now(),
+        };
         self.commit(event)?;
         self.consume_ino();
         self.attr(ino)
@@ -155,7 +178,14 @@ impl DecoupledSubtree {
         self.commit(Event::Rmdir { parent, name: name.to_vec(), time: Timestamp::now() })
     }
 
-    pub fn rename(&mut self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], mode: RenameMode) -> NsResult<()> {
+    pub fn rename(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> NsResult<()> {
         self.commit(Event::Rename {
             source_parent: parent,
             source_name: name.to_vec(),
@@ -198,8 +228,20 @@ mod tests {
         // The MDS side: a namespace with /ckpt (ino 2) holding one file.
         let mut mds = Namespace::new(Timestamp::default());
         let time = Timestamp { seconds: 5, nanoseconds: 0 };
-        mds.apply(&Event::Mkdir { parent: 1, name: b"ckpt".to_vec(), ino: 2, mode: 0o755, uid: 0, gid: 0, time }).unwrap();
-        mds.apply(&Event::Create { parent: 2, name: b"old".to_vec(), ino: 3, kind: FileKind::Regular, mode: 0o644, uid: 0, gid: 0, rdev: 0, time }).unwrap();
+        mds.apply(&Event::Mkdir { parent: 1, name: b"ckpt".to_vec(), ino: 2, mode: 0o755, uid: 0, gid: 0, time })
+            .unwrap();
+        mds.apply(&Event::Create {
+            parent: 2,
+            name: b"old".to_vec(),
+            ino: 3,
+            kind: FileKind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            time,
+        })
+        .unwrap();
         let frames = cudele_namespace::store_key::encode_frames(&mds.subtree_ops(2).unwrap());
         DecoupledSubtree::new(2, b"ckpt", Policy::default(), InodeRange { start: 100, end: 102 }, &frames, 0).unwrap()
     }
