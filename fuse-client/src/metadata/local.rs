@@ -4,9 +4,9 @@
 //! applies them through `Namespace::apply`, so it has exactly the namespace's semantics
 //! with no server and no cache.
 
-use super::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges, TimeChange};
+use super::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges};
 use crate::sync::{lock, Mutex};
-use cudele_journal::{AttrChanges, Event, FileKind, Ino, RenameMode, Timestamp, XattrMode, NAME_LENGTH_MAX_BYTES};
+use cudele_journal::{Event, FileKind, Ino, RenameMode, Timestamp, XattrMode, NAME_LENGTH_MAX_BYTES};
 use cudele_namespace::{validate_event, Namespace, NsResult};
 
 /// Capacity statfs reports: there is no real limit, so a large one (as the MDS does).
@@ -63,13 +63,6 @@ fn created(namespace: &Namespace, event: &Event) -> NsResult<InodeAttr> {
     }
 }
 
-fn resolve(time: Option<TimeChange>, now: Timestamp) -> Option<Timestamp> {
-    time.map(|time| match time {
-        TimeChange::Now => now,
-        TimeChange::At(time) => time,
-    })
-}
-
 impl Metadata for LocalMetadata {
     fn lookup(&self, parent: Ino, name: &[u8]) -> NsResult<InodeAttr> {
         let namespace = lock(&self.namespace);
@@ -83,14 +76,7 @@ impl Metadata for LocalMetadata {
 
     fn setattr(&self, ino: Ino, changes: &SetAttrChanges) -> NsResult<InodeAttr> {
         let time = Timestamp::now();
-        let changes = AttrChanges {
-            mode: changes.mode,
-            uid: changes.uid,
-            gid: changes.gid,
-            size: changes.size,
-            atime: resolve(changes.atime, time),
-            mtime: resolve(changes.mtime, time),
-        };
+        let changes = changes.resolve(time);
         self.mutate(|_| Event::SetAttr { ino, changes, time }, |namespace, _| inode_attr(namespace, ino))
     }
 

@@ -48,6 +48,25 @@ impl SetAttrChanges {
     pub fn is_empty(&self) -> bool {
         self == &SetAttrChanges::default()
     }
+
+    /// The journal form, with UTIME_NOW resolved to `now` (events carry concrete times so
+    /// replay is exact).
+    pub fn resolve(&self, now: Timestamp) -> cudele_journal::AttrChanges {
+        let resolve = |change: Option<TimeChange>| {
+            change.map(|change| match change {
+                TimeChange::Now => now,
+                TimeChange::At(time) => time,
+            })
+        };
+        cudele_journal::AttrChanges {
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            atime: resolve(self.atime),
+            mtime: resolve(self.mtime),
+        }
+    }
 }
 
 /// Who owns a new inode.

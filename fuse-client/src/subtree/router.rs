@@ -15,8 +15,8 @@
 
 use super::journal::{client_journal_file, client_journal_object};
 use super::view::DecoupledSubtree;
-use crate::metadata::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges, TimeChange};
-use cudele_journal::{AttrChanges, FileKind, Ino, InodeRange, RenameMode, Timestamp, XattrMode};
+use crate::metadata::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges};
+use cudele_journal::{FileKind, Ino, InodeRange, RenameMode, Timestamp, XattrMode};
 use cudele_namespace::{NsError, NsResult};
 use cudele_policy::{Consistency, Mechanism, Policy};
 use serde::Serialize;
@@ -280,13 +280,6 @@ impl SubtreeRouter {
 /// How often the mount checks whether a subtree's sync interval has passed.
 pub const SYNC_TICK_MS: u64 = 100;
 
-fn resolve_time(change: Option<TimeChange>, now: Timestamp) -> Option<Timestamp> {
-    change.map(|change| match change {
-        TimeChange::Now => now,
-        TimeChange::At(time) => time,
-    })
-}
-
 impl Metadata for SubtreeRouter {
     fn lookup(&self, parent: Ino, name: &[u8]) -> NsResult<InodeAttr> {
         if let Some(result) = self.with_local(parent, |subtree| {
@@ -311,15 +304,7 @@ impl Metadata for SubtreeRouter {
     }
 
     fn setattr(&self, ino: Ino, changes: &SetAttrChanges) -> NsResult<InodeAttr> {
-        let now = Timestamp::now();
-        let local = AttrChanges {
-            mode: changes.mode,
-            uid: changes.uid,
-            gid: changes.gid,
-            size: changes.size,
-            atime: resolve_time(changes.atime, now),
-            mtime: resolve_time(changes.mtime, now),
-        };
+        let local = changes.resolve(Timestamp::now());
         match self.with_local(ino, |subtree| {
             subtree.setattr(ino, local.clone())?;
             Self::with_layout(subtree, ino)
