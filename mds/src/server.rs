@@ -267,21 +267,43 @@ impl Mds {
             return Err(NsError::InvalidArgument("the policy's consistency is strong: nothing to decouple"));
         }
         let count = policy.allocated_inodes();
-        self.mutate(
-            origin,
-            |namespace| {
-                Ok(Event::Decouple { ino, owner: origin, range: namespace.peek_range(count), policy: policy_text })
-            },
-            |namespace, event| match event {
-                Event::Decouple { range, .. } => namespace.subtree_ops(ino).map(|ops| (*range, ops)),
-                _ => Err(NsError::Io("built a Decouple event".into())),
-            },
-        )
-        .await?
+        let blocks = policy.interfere() == cudele_policy::Interference::Block;
+        let (range, ops, (inodes, entries)) = self
+            .mutate(
+                origin,
+                |namespace| {
+                    Ok(Event::Decouple { ino, owner: origin, range: namespace.peek_range(count), policy: policy_text })
+                },
+                |namespace, event| match event {
+                    Event::Decouple { range, .. } => namespace.subtree_ops(ino).map(|ops| {
+                        let cached = if blocks { subtree_cache_keys(namespace, ino) } else { Default::default() };
+                        (*range, ops, cached)
+                    }),
+                    _ => Err(NsError::Io("built a Decouple event".into())),
+                },
+            )
+            .await??;
+        // Under block, other mounts must stop answering from what they cached below the
+        // directory (they would serve stat and read without asking, hence without EBUSY):
+        // drop it there before the decoupling client gets its reply and starts working.
+        // In batches, so a large subtree does not make one oversized push message.
+        let mut inodes = inodes.into_iter().peekable();
+        let mut entries = entries.into_iter().peekable();
+        while inodes.peek().is_some() || entries.peek().is_some() {
+            let inode_batch: Vec<Ino> = inodes.by_ref().take(INVALIDATION_BATCH_MAX).collect();
+            let entry_batch: Vec<(Ino, Vec<u8>)> = entries.by_ref().take(INVALIDATION_BATCH_MAX).collect();
+            for session in self.sessions.invalidate(origin, inode_batch, entry_batch).await {
+                self.expire_session(session).await;
+            }
+        }
+        Ok((range, ops))
     }
 
     /// Replay a client journal into the decoupled subtree at `ino` (decoupled wins), journal
     /// the result as one atomic group ending with a `Merged` marker, and optionally recouple.
+    /// An operator may also apply a journal to a directory recoupled since (an invisible
+    /// subtree's, which recouples unmerged): same rules, but with no merge position kept,
+    /// re-applying skips the creates and repeats attribute changes.
     pub async fn merge(
         &self,
         origin: SessionId,
@@ -292,14 +314,25 @@ impl Mds {
     ) -> NsResult<MergeSummary> {
         let (seq, touched, summary, replica_plan) = {
             let mut namespace = self.namespace.write().expect("namespace lock poisoned");
-            let owner = match namespace.record(ino)?.decoupling.as_ref() {
-                Some(decoupling) => decoupling.owner,
+            let record = namespace.record(ino)?;
+            let owner = match record.decoupling.as_ref() {
+                Some(decoupling) => Some(decoupling.owner),
+                // An operator applying a journal whose subtree was recoupled since: invisible
+                // subtrees recouple without merging (at `cudele recouple` or unmount), and
+                // `cudele journal apply` lands their persisted journal later. Same rules, but
+                // no decoupling holds a merge position: replay from the journal's start.
+                None if operator && record.is_directory() => None,
+                None if operator => return Err(NsError::NotDirectory),
                 None => return Err(NsError::InvalidArgument("the directory is not decoupled")),
             };
-            if owner != origin && !operator {
+            if owner.is_some_and(|owner| owner != origin) && !operator {
                 return Err(NsError::Busy("the subtree is decoupled by another client"));
             }
-            let mut summary = MergeSummary { merged_seq: namespace.merge_position(ino, owner)?, ..Default::default() };
+            let position = match owner {
+                Some(owner) => namespace.merge_position(ino, owner)?,
+                None => records.first().map_or(0, |record| record.seq.saturating_sub(1)),
+            };
+            let mut summary = MergeSummary { merged_seq: position, ..Default::default() };
             let mut expected = summary.merged_seq + 1;
             let mut group = Vec::new();
             let mut touched = cudele_namespace::Touched::default();
@@ -337,12 +370,15 @@ impl Mds {
             }
             let through_seq = expected - 1;
             if through_seq > summary.merged_seq {
-                let marker = Event::Merged { ino, owner, through_seq };
-                let marker_touched = namespace.apply(&marker)?;
-                group.push((marker, namespace.store_ops(&marker_touched)));
+                if let Some(owner) = owner {
+                    let marker = Event::Merged { ino, owner, through_seq };
+                    let marker_touched = namespace.apply(&marker)?;
+                    group.push((marker, namespace.store_ops(&marker_touched)));
+                }
                 summary.merged_seq = through_seq;
             }
-            if recouple {
+            // A subtree recoupled already has nothing to recouple.
+            if recouple && owner.is_some() {
                 let event = Event::Recouple { ino };
                 let recouple_touched = namespace.apply(&event)?;
                 group.push((event, namespace.store_ops(&recouple_touched)));
@@ -361,6 +397,28 @@ impl Mds {
         }
         Ok(summary)
     }
+}
+
+/// Inodes (and, separately, directory entries) per invalidation sent when a blocking
+/// subtree is decoupled: keeps each push message far below gRPC's 4 MiB default.
+const INVALIDATION_BATCH_MAX: usize = 8192;
+
+/// Every inode and directory entry below directory `root`: what a client may have cached
+/// inside a subtree.
+fn subtree_cache_keys(namespace: &Namespace, root: Ino) -> (Vec<Ino>, Vec<(Ino, Vec<u8>)>) {
+    let mut inodes = vec![root];
+    let mut entries = Vec::new();
+    let mut directories = vec![root];
+    while let Some(directory) = directories.pop() {
+        for entry in namespace.readdir(directory, None, usize::MAX).unwrap_or_default() {
+            inodes.push(entry.ino);
+            if entry.kind == cudele_journal::FileKind::Directory {
+                directories.push(entry.ino);
+            }
+            entries.push((directory, entry.name));
+        }
+    }
+    (inodes, entries)
 }
 
 fn push_reason(summary: &mut MergeSummary, record: &cudele_journal::Record, reason: &str) {

@@ -592,3 +592,278 @@ pub fn assert_same_dump(actual: &str, expected: &str, context: &str) {
         only_actual.iter().map(|line| line.to_string()).collect::<Vec<_>>().join("\n  "),
     );
 }
+
+// ----- Real mounts through the `cudele` command (programmable-subtree tests) -----
+
+/// How long one `cudele` command may run before the harness kills it and fails.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a mount may take to come up, and an unmounted mount process to exit (it merges
+/// its decoupled subtrees first).
+pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether this machine can mount FUSE (tests that need it skip otherwise).
+pub fn fuse_available() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_ok()
+}
+
+/// What a finished `cudele` command printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// Panic (naming `what` and showing the output) unless the command succeeded.
+    #[track_caller]
+    pub fn expect_success(self, what: &str) -> CliOutput {
+        assert!(self.success(), "{what} failed ({}):\nstdout: {}\nstderr: {}", self.status, self.stdout, self.stderr);
+        self
+    }
+
+    /// Panic unless the command failed; returns stdout and stderr together.
+    #[track_caller]
+    pub fn expect_failure(self, what: &str) -> String {
+        assert!(!self.success(), "{what} should have failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Run the debug/release `cudele` binary with `args`; killed (and an error) after
+/// [`CLI_TIMEOUT`].
+pub fn cudele<I, S>(args: I) -> Result<CliOutput>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|arg| arg.as_ref().to_os_string()).collect();
+    let mut child = Command::new(binary("cudele"))
+        .args(&args)
+        .env("CUDELE_LOG", std::env::var("CUDELE_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning cudele")?;
+    let mut stdout = child.stdout.take().context("cudele stdout")?;
+    let mut stderr = child.stderr.take().context("cudele stderr")?;
+    let stdout_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + CLI_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`cudele {:?}` did not finish within {CLI_TIMEOUT:?}", args);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(CliOutput {
+        status,
+        stdout: stdout_reader.join().unwrap_or_default(),
+        stderr: stderr_reader.join().unwrap_or_default(),
+    })
+}
+
+/// A real mount: `cudele mount -f SERVER MOUNTPOINT -o journal_dir=DIR[,options]` run as a
+/// child (so a test can SIGKILL it). Dropping it unmounts with `cudele umount` (which also
+/// cleans a dead mount), waits for the process to exit, and SIGKILLs it if it does not:
+/// never a stuck mount.
+pub struct Mount {
+    child: Option<Child>,
+    /// The mount point, canonical (compared with /proc/self/mountinfo even when dead).
+    pub mountpoint: PathBuf,
+    pub journal_dir: PathBuf,
+    pub server: SocketAddr,
+    pub name: String,
+    options: String,
+}
+
+impl Mount {
+    /// Mount the MDS at `server` on `mountpoint` (created if missing) with client journals in
+    /// `journal_dir`; `options` are extra `-o` options ("" for none). Returns once live.
+    pub fn start(server: SocketAddr, mountpoint: &Path, journal_dir: &Path, options: &str) -> Result<Mount> {
+        std::fs::create_dir_all(mountpoint)?;
+        std::fs::create_dir_all(journal_dir)?;
+        let mountpoint = mountpoint.canonicalize()?;
+        let name = mountpoint.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut mount = Mount {
+            child: None,
+            mountpoint,
+            journal_dir: journal_dir.to_path_buf(),
+            server,
+            name,
+            options: options.to_string(),
+        };
+        mount.spawn()?;
+        Ok(mount)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let mut all_options = format!("journal_dir={}", self.journal_dir.display());
+        if !self.options.is_empty() {
+            all_options.push(',');
+            all_options.push_str(&self.options);
+        }
+        let mut child = Command::new(binary("cudele"))
+            .arg("mount")
+            .arg(self.server.to_string())
+            .arg(&self.mountpoint)
+            .arg("-o")
+            .arg(&all_options)
+            .arg("-f")
+            // fuser warns when its own unmount at exit finds `cudele umount` did it already.
+            .env("CUDELE_LOG", std::env::var("CUDELE_LOG").unwrap_or_else(|_| "warn,fuser::session=error".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning cudele mount")?;
+        let stderr = child.stderr.take().context("mount stderr")?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let name = self.name.clone();
+        // Keep draining the log for the mount's whole life (a full pipe would stall it).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("cudele: mounted on ") {
+                    let _ = sender.send(());
+                } else {
+                    eprintln!("[mount {name}] {line}");
+                }
+            }
+        });
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        loop {
+            if receiver.try_recv().is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait()? {
+                self.cleanup_dead_mount();
+                bail!("cudele mount on {} exited before it was live ({status})", self.mountpoint.display());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.cleanup_dead_mount();
+                bail!("cudele mount on {} was not live within {MOUNT_TIMEOUT:?}", self.mountpoint.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `relative` inside the mount.
+    pub fn path(&self, relative: impl AsRef<Path>) -> PathBuf {
+        self.mountpoint.join(relative)
+    }
+
+    /// The pid of the process serving the mount (None once killed or unmounted).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        cudele_client::mount::is_mounted(&self.mountpoint)
+    }
+
+    /// SIGKILL the mount process (a client crash) and reap it; the dead mount stays until
+    /// [`Mount::unmount`] or [`Mount::restart`].
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Clean up (after a crash) and mount again with the same options and journal dir.
+    pub fn restart(&mut self) -> Result<()> {
+        self.unmount()?;
+        self.spawn()
+    }
+
+    fn cleanup_dead_mount(&self) {
+        if self.is_mounted() {
+            if let Ok(output) = cudele(["umount".as_ref(), self.mountpoint.as_os_str()]) {
+                if !output.success() {
+                    eprintln!("[mount {}] umount: {}", self.name, output.stderr.trim());
+                }
+            }
+        }
+    }
+
+    /// `cudele umount`, then wait (bounded) for the mount process to finish its shutdown
+    /// (merges of decoupled subtrees); SIGKILL it if it does not, and clean a dead mount.
+    pub fn unmount(&mut self) -> Result<()> {
+        let mut problem = None;
+        if self.is_mounted() {
+            match cudele(["umount".as_ref(), self.mountpoint.as_os_str()]) {
+                Ok(output) if output.success() => {}
+                Ok(output) => problem = Some(format!("cudele umount: {}", output.stderr.trim())),
+                Err(error) => problem = Some(format!("cudele umount: {error}")),
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + MOUNT_TIMEOUT;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        if !status.success() && problem.is_none() {
+                            problem = Some(format!("the mount process exited with {status}"));
+                        }
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        problem.get_or_insert_with(|| "the mount process did not exit; killed it".to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        self.cleanup_dead_mount();
+        match problem {
+            Some(problem) => bail!("unmounting {}: {problem}", self.mountpoint.display()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(error) = self.unmount() {
+            eprintln!("{error}");
+        }
+    }
+}
+
+/// Poll `condition` every 50 ms until it holds or `timeout` passes; true if it held.
+pub fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

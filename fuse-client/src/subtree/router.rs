@@ -199,13 +199,14 @@ impl SubtreeRouter {
             }
             self.control.merge(root, MergeSource::Empty, true, false)?
         } else {
-            let source = if policy.mechanisms().contains(&Mechanism::NonvolatileApply) {
-                MergeSource::Object(client_journal_object(root, self.control.session()))
-            } else {
-                match entry.subtree.journal().unmerged_segment() {
-                    Some(segment) => MergeSource::Inline(segment),
-                    None => MergeSource::Empty,
+            // Nothing unmerged: no journal to send (and, for Nonvolatile Apply, no object —
+            // persist just deleted it, so naming it would fail the merge with EIO).
+            let source = match entry.subtree.journal().unmerged_segment() {
+                None => MergeSource::Empty,
+                Some(_) if policy.mechanisms().contains(&Mechanism::NonvolatileApply) => {
+                    MergeSource::Object(client_journal_object(root, self.control.session()))
                 }
+                Some(segment) => MergeSource::Inline(segment),
             };
             let outcome = self.control.merge(root, source, recouple, false)?;
             entry.subtree.journal_mut().mark_merged(outcome.merged_seq);
