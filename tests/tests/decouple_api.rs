@@ -71,7 +71,15 @@ async fn decouple_block_merge_idempotent_and_durable() {
     let inside = other.lookup(pb::EntryRequest { parent: checkpoint, name: b"x".to_vec() }).await.unwrap_err();
     assert_eq!(errno_of(&inside), libc::EBUSY);
     let create_inside = other
-        .create(pb::CreateRequest { parent: checkpoint, name: b"x".to_vec(), kind: pb::FileKind::Regular as i32, mode: 0o644, uid: 0, gid: 0, rdev: 0 })
+        .create(pb::CreateRequest {
+            parent: checkpoint,
+            name: b"x".to_vec(),
+            kind: pb::FileKind::Regular as i32,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(errno_of(&create_inside), libc::EBUSY);
@@ -91,11 +99,8 @@ async fn decouple_block_merge_idempotent_and_durable() {
         .unwrap()
         .into_inner();
     assert_eq!((merged.events_applied, merged.events_skipped, merged.merged_seq), (500, 0, 500));
-    let again = owner
-        .merge(pb::MergeRequest { ino: checkpoint, journal, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
+    let again =
+        owner.merge(pb::MergeRequest { ino: checkpoint, journal, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!((again.events_applied, again.events_already_merged), (0, 500));
 
     mds.restart().unwrap();
@@ -104,11 +109,18 @@ async fn decouple_block_merge_idempotent_and_durable() {
     assert_eq!(dump.invariant_violation, "");
     assert_eq!(dump.dump.matches("/ckpt/file-").count(), 500, "merged creates survive SIGKILL");
     // The decoupling survived too: a fresh session is still refused inside.
-    let refused = owner_after.lookup(pb::EntryRequest { parent: checkpoint, name: b"file-1".to_vec() }).await.unwrap_err();
+    let refused =
+        owner_after.lookup(pb::EntryRequest { parent: checkpoint, name: b"file-1".to_vec() }).await.unwrap_err();
     assert_eq!(errno_of(&refused), libc::EBUSY);
     // An operator merge with recouple returns the subtree to everyone.
     owner_after
-        .merge(pb::MergeRequest { ino: checkpoint, journal: segment(&creates(checkpoint, decoupled.range_start + 500, 501, 1)), recouple: true, operator: true, ..Default::default() })
+        .merge(pb::MergeRequest {
+            ino: checkpoint,
+            journal: segment(&creates(checkpoint, decoupled.range_start + 500, 501, 1)),
+            recouple: true,
+            operator: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let found = owner_after.lookup(pb::EntryRequest { parent: checkpoint, name: b"file-501".to_vec() }).await.unwrap();
@@ -131,27 +143,48 @@ async fn allow_decoupled_wins_and_gaps_are_refused() {
         .into_inner();
     // The other client creates file-1 first.
     other
-        .create(pb::CreateRequest { parent: shared, name: b"file-1".to_vec(), kind: pb::FileKind::Regular as i32, mode: 0o600, uid: 7, gid: 7, rdev: 0 })
+        .create(pb::CreateRequest {
+            parent: shared,
+            name: b"file-1".to_vec(),
+            kind: pb::FileKind::Regular as i32,
+            mode: 0o600,
+            uid: 7,
+            gid: 7,
+            rdev: 0,
+        })
         .await
         .unwrap();
     let gap = owner
-        .merge(pb::MergeRequest { ino: shared, journal: segment(&creates(shared, decoupled.range_start, 2, 1)), ..Default::default() })
+        .merge(pb::MergeRequest {
+            ino: shared,
+            journal: segment(&creates(shared, decoupled.range_start, 2, 1)),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(errno_of(&gap), libc::EINVAL);
     let merged = owner
-        .merge(pb::MergeRequest { ino: shared, journal: segment(&creates(shared, decoupled.range_start, 1, 3)), ..Default::default() })
+        .merge(pb::MergeRequest {
+            ino: shared,
+            journal: segment(&creates(shared, decoupled.range_start, 1, 3)),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(merged.events_applied, 3);
-    let winner = other.lookup(pb::EntryRequest { parent: shared, name: b"file-1".to_vec() }).await.unwrap().into_inner();
+    let winner =
+        other.lookup(pb::EntryRequest { parent: shared, name: b"file-1".to_vec() }).await.unwrap().into_inner();
     assert_eq!(winner.attr.unwrap().ino, decoupled.range_start, "the decoupled client's create wins");
     let dump = other.dump(pb::Empty {}).await.unwrap().into_inner();
     assert_eq!(dump.invariant_violation, "");
     // A journal naming something outside the subtree is skipped, not applied.
     let outside = owner
-        .merge(pb::MergeRequest { ino: shared, journal: segment(&creates(1, decoupled.range_start + 10, 4, 1)), ..Default::default() })
+        .merge(pb::MergeRequest {
+            ino: shared,
+            journal: segment(&creates(1, decoupled.range_start + 10, 4, 1)),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

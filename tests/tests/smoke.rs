@@ -9,7 +9,15 @@ async fn create_survives_kill_and_restart() {
     let mut mds = MdsProcess::start(directory.path(), &[]).unwrap();
     let (mut client, _) = connect_session(mds.address, None, "smoke").await.unwrap();
     let created = client
-        .create(pb::CreateRequest { parent: 1, name: b"a".to_vec(), kind: pb::FileKind::Regular as i32, mode: 0o644, uid: 0, gid: 0, rdev: 0 })
+        .create(pb::CreateRequest {
+            parent: 1,
+            name: b"a".to_vec(),
+            kind: pb::FileKind::Regular as i32,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+        })
         .await
         .unwrap()
         .into_inner();
