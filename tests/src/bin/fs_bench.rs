@@ -1098,6 +1098,9 @@ fn plot_main(targets: &Map<String, Value>, options: &Options, path: &Path) -> Re
 
 /// Measured (median) and composed runtime per mechanism, normalised, side by side; log scale.
 fn plot_figure6(bars: &[Value], path: &Path) -> Result<()> {
+    let failed: Vec<&str> =
+        bars.iter().filter(|bar| bar["seconds"].is_null()).filter_map(|bar| bar["label"].as_str()).collect();
+    let bars: Vec<&Value> = bars.iter().filter(|bar| !bar["seconds"].is_null()).collect();
     let root = BitMapBackend::new(path, (1300, 750)).into_drawing_area();
     root.fill(&WHITE)?;
     let labels: Vec<String> = bars.iter().map(|bar| bar["label"].as_str().unwrap_or_default().to_string()).collect();
@@ -1112,7 +1115,14 @@ fn plot_figure6(bars: &[Value], path: &Path) -> Result<()> {
     let files = bars.first().map(|bar| bar["creates"].as_u64().unwrap_or(0)).unwrap_or(0);
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("Figure 6: runtime of {files} creates per mechanism / Append Client Journal"),
+            if failed.is_empty() {
+                format!("Figure 6: runtime of {files} creates per mechanism / Append Client Journal")
+            } else {
+                format!(
+                    "Figure 6: {files} creates per mechanism / Append Client Journal (failed: {})",
+                    failed.join(", ")
+                )
+            },
             ("sans-serif", 22),
         )
         .margin(15)
@@ -1234,7 +1244,8 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// One repetition of one Figure 6 bar: (create phase, seconds of what follows, recouple seconds).
+/// One repetition of one Figure 6 bar: (create phase, seconds of what follows, the untimed
+/// recouple's seconds or error).
 fn figure6_sample(
     mountpoint: &Path,
     bar: &Bar,
@@ -1242,7 +1253,7 @@ fn figure6_sample(
     options: &Options,
     names: &[String],
     servers: &[Server],
-) -> Result<(Phase, f64, f64)> {
+) -> Result<(Phase, f64, Value)> {
     let directory = mountpoint.join(format!("figure6-{}-{repetition}", bar.key));
     std::fs::create_dir(&directory)?;
     if let Some(file) = bar.policy {
@@ -1266,12 +1277,14 @@ fn figure6_sample(
             .and_then(|handle| handle.sync_all())
             .with_context(|| format!("fsync {}", directory.display())),
     })?;
-    // Give the subtree back (untimed) so the next sample starts from the same state.
-    let recouple_seconds = match bar.policy {
-        Some(_) => timed(|| cudele(&[OsStr::new("recouple"), directory.as_os_str()]).map(drop))?.1,
-        None => 0.0,
+    // Give the subtree back (untimed) so the next sample starts from the same state. A
+    // failure here is recorded, not fatal: the timed part is already measured.
+    let recouple = match bar.policy {
+        Some(_) => timed(|| cudele(&[OsStr::new("recouple"), directory.as_os_str()]).map(drop))
+            .map_or_else(|error| json!({ "error": format!("{error:#}") }), |((), seconds)| json!(seconds)),
+        None => Value::Null,
     };
-    Ok((creates, then_seconds, recouple_seconds))
+    Ok((creates, then_seconds, recouple))
 }
 
 fn run_figure6(scratch: &Path, options: &Options) -> Result<Value> {
@@ -1287,9 +1300,18 @@ fn run_figure6(scratch: &Path, options: &Options) -> Result<Value> {
         // The RPC bar is long enough to average out noise, and long: it runs once.
         let repetitions = if bar.policy.is_some() { options.repetitions.max(1) } else { 1 };
         let mut samples = Vec::new();
+        let mut error = None;
         for repetition in 0..repetitions {
-            let (creates, then_seconds, recouple_seconds) =
-                figure6_sample(cudele_mount.mountpoint(), bar, repetition, options, &names, &servers)?;
+            let (creates, then_seconds, recouple) =
+                match figure6_sample(cudele_mount.mountpoint(), bar, repetition, options, &names, &servers) {
+                    Ok(sample) => sample,
+                    Err(sample_error) => {
+                        // Recorded in the bar; the other bars still run.
+                        eprintln!("{}: {sample_error:#}", bar.label);
+                        error = Some(format!("{sample_error:#}"));
+                        break;
+                    }
+                };
             let create_seconds = creates.wall.as_secs_f64();
             if bar.policy.is_some() {
                 decoupled_create_seconds.push(create_seconds);
@@ -1310,8 +1332,13 @@ fn run_figure6(scratch: &Path, options: &Options) -> Result<Value> {
                 "create_seconds": create_seconds,
                 "then_seconds": then_seconds,
                 "seconds": create_seconds + then_seconds,
-                "recouple_seconds_untimed": recouple_seconds,
+                "recouple_seconds_untimed": recouple,
             }));
+        }
+        if samples.is_empty() {
+            bars.push(json!({ "key": bar.key, "label": bar.label, "policy": bar.policy, "what": bar.what,
+                              "creates": files, "error": error }));
+            continue;
         }
         let of = |key: &str| samples.iter().map(|sample| sample[key].as_f64().unwrap_or(0.0)).collect::<Vec<f64>>();
         bars.push(json!({
@@ -1325,13 +1352,14 @@ fn run_figure6(scratch: &Path, options: &Options) -> Result<Value> {
             "create_seconds": median(of("create_seconds")),
             "then_seconds": median(of("then_seconds")),
             "samples": samples,
+            "error": error,
         }));
     }
     cudele_mount.stop()?;
-    let measured_base = bars[0]["seconds"].as_f64().unwrap_or(1.0).max(1e-9);
+    let measured_base = bars[0]["seconds"].as_f64().unwrap_or(f64::NAN).max(1e-9);
     let append_seconds = median(decoupled_create_seconds).max(1e-9);
     for bar in &mut bars {
-        let seconds = bar["seconds"].as_f64().unwrap_or(0.0);
+        let Some(seconds) = bar["seconds"].as_f64() else { continue };
         bar["normalised"] = json!(seconds / measured_base);
         // Composed: the shared Append estimate plus this bar's own mechanism cost.
         let composed = if bar["policy"].is_null() {
@@ -1359,7 +1387,15 @@ fn run_figure6(scratch: &Path, options: &Options) -> Result<Value> {
             }));
         }
     }
-    if let Some(merge_seconds) = value_of("volatile_apply", "then_seconds") {
+    let merge_error = bars.iter().find(|bar| bar["key"] == "volatile_apply").map(|bar| bar["error"].clone());
+    if let Some(Value::String(error)) = merge_error {
+        checks.push(json!({
+            "target": "merging 100k creates < 0.5 s (issue 5)",
+            "measured_for_creates": files,
+            "met": false,
+            "error": error,
+        }));
+    } else if let Some(merge_seconds) = value_of("volatile_apply", "then_seconds") {
         let measured_at_target = files >= 100_000;
         checks.push(json!({
             "target": "merging 100k creates < 0.5 s (issue 5; `cudele merge` of a weak-none subtree, CLI start-up included)",
