@@ -80,6 +80,28 @@ async fn instrumented<T>(
     }
 }
 
+impl MdsService {
+    /// Create, mkdir, symlink and link: build the event (new entries get the next inode
+    /// number) and reply with the attributes of the inode the new name points to.
+    async fn create_entry(
+        &self,
+        origin: SessionId,
+        operation: &'static str,
+        build: impl FnOnce(u64) -> NsResult<Event>,
+    ) -> Reply<pb::AttrReply> {
+        instrumented(&self.mds, operation, async {
+            self.mds
+                .mutate(
+                    origin,
+                    |namespace| build(namespace.next_ino()),
+                    |namespace, event| attr_reply(namespace, created_ino(event)),
+                )
+                .await?
+        })
+        .await
+    }
+}
+
 #[tonic::async_trait]
 impl mds_server::Mds for MdsService {
     async fn open_session(&self, request: Request<pb::OpenSessionRequest>) -> Reply<pb::OpenSessionReply> {
@@ -195,27 +217,18 @@ impl mds_server::Mds for MdsService {
     async fn create(&self, request: Request<pb::CreateRequest>) -> Reply<pb::AttrReply> {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
-        instrumented(&self.mds, "create", async {
-            let kind = kind_from_wire(request.kind)?;
-            self.mds
-                .mutate(
-                    origin,
-                    |namespace| {
-                        Ok(Event::Create {
-                            parent: request.parent,
-                            name: request.name,
-                            ino: namespace.next_ino(),
-                            kind,
-                            mode: request.mode & 0o7777,
-                            uid: request.uid,
-                            gid: request.gid,
-                            rdev: request.rdev,
-                            time: Timestamp::now(),
-                        })
-                    },
-                    |namespace, event| attr_reply(namespace, created_ino(event)),
-                )
-                .await?
+        self.create_entry(origin, "create", |ino| {
+            Ok(Event::Create {
+                parent: request.parent,
+                name: request.name,
+                ino,
+                kind: kind_from_wire(request.kind)?,
+                mode: request.mode & 0o7777,
+                uid: request.uid,
+                gid: request.gid,
+                rdev: request.rdev,
+                time: Timestamp::now(),
+            })
         })
         .await
     }
@@ -223,24 +236,16 @@ impl mds_server::Mds for MdsService {
     async fn mkdir(&self, request: Request<pb::MkdirRequest>) -> Reply<pb::AttrReply> {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
-        instrumented(&self.mds, "mkdir", async {
-            self.mds
-                .mutate(
-                    origin,
-                    |namespace| {
-                        Ok(Event::Mkdir {
-                            parent: request.parent,
-                            name: request.name,
-                            ino: namespace.next_ino(),
-                            mode: request.mode & 0o7777,
-                            uid: request.uid,
-                            gid: request.gid,
-                            time: Timestamp::now(),
-                        })
-                    },
-                    |namespace, event| attr_reply(namespace, created_ino(event)),
-                )
-                .await?
+        self.create_entry(origin, "mkdir", |ino| {
+            Ok(Event::Mkdir {
+                parent: request.parent,
+                name: request.name,
+                ino,
+                mode: request.mode & 0o7777,
+                uid: request.uid,
+                gid: request.gid,
+                time: Timestamp::now(),
+            })
         })
         .await
     }
@@ -248,24 +253,16 @@ impl mds_server::Mds for MdsService {
     async fn symlink(&self, request: Request<pb::SymlinkRequest>) -> Reply<pb::AttrReply> {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
-        instrumented(&self.mds, "symlink", async {
-            self.mds
-                .mutate(
-                    origin,
-                    |namespace| {
-                        Ok(Event::Symlink {
-                            parent: request.parent,
-                            name: request.name,
-                            ino: namespace.next_ino(),
-                            target: request.target,
-                            uid: request.uid,
-                            gid: request.gid,
-                            time: Timestamp::now(),
-                        })
-                    },
-                    |namespace, event| attr_reply(namespace, created_ino(event)),
-                )
-                .await?
+        self.create_entry(origin, "symlink", |ino| {
+            Ok(Event::Symlink {
+                parent: request.parent,
+                name: request.name,
+                ino,
+                target: request.target,
+                uid: request.uid,
+                gid: request.gid,
+                time: Timestamp::now(),
+            })
         })
         .await
     }
@@ -273,21 +270,13 @@ impl mds_server::Mds for MdsService {
     async fn link(&self, request: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
-        instrumented(&self.mds, "link", async {
-            self.mds
-                .mutate(
-                    origin,
-                    |_| {
-                        Ok(Event::Link {
-                            ino: request.ino,
-                            parent: request.new_parent,
-                            name: request.new_name,
-                            time: Timestamp::now(),
-                        })
-                    },
-                    |namespace, event| attr_reply(namespace, created_ino(event)),
-                )
-                .await?
+        self.create_entry(origin, "link", |_| {
+            Ok(Event::Link {
+                ino: request.ino,
+                parent: request.new_parent,
+                name: request.new_name,
+                time: Timestamp::now(),
+            })
         })
         .await
     }
