@@ -4,129 +4,20 @@
 //!
 //! `moto_server` must be on PATH (`pip install 'moto[server]'`) or named by the environment
 //! variable `CUDELE_MOTO_SERVER`. A missing server fails the test rather than skipping it.
-//! The harness follows journal/tests/s3.rs.
+//! The moto harness is journal/tests/common/moto.rs.
+
+#[path = "../../journal/tests/common/moto.rs"]
+mod moto;
 
 use cudele_e2e::{assert_same_dump, populate, wait_until, Api, MdsProcess};
-use cudele_journal::store::{JournalStore, StoreOptions};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use moto::MotoServer;
+use std::time::Duration;
 
 const ROOT: u64 = 1;
 const BUCKET: &str = "cudele-mds";
-/// How long moto may take to start answering (it imports a large Python package).
-const MOTO_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const PATIENCE: Duration = Duration::from_secs(60);
 const CREDENTIALS: [(&str, &str); 3] =
     [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")];
-
-/// A running moto_server; dropping it kills that process (by pid) and reaps it.
-struct MotoServer {
-    child: Child,
-    port: u16,
-    log: tempfile::NamedTempFile,
-}
-
-impl MotoServer {
-    fn start() -> MotoServer {
-        let executable = moto_server_executable();
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|listener| listener.local_addr())
-            .expect("pick a free port")
-            .port();
-        let log = tempfile::NamedTempFile::new().expect("moto log file");
-        let child = Command::new(&executable)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.reopen().expect("reopen log")))
-            .stderr(Stdio::from(log.reopen().expect("reopen log")))
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", executable.display()));
-        let mut server = MotoServer { child, port, log };
-        let deadline = Instant::now() + MOTO_STARTUP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("moto_server exited during startup ({status}); its output:\n{}", server.log_text());
-            }
-            if http_request(port, "GET", "/").is_ok_and(|response| response.starts_with("HTTP/1.")) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer on port {port} within {MOTO_STARTUP_TIMEOUT:?}; its output:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// object_store cannot create buckets; moto accepts a plain unsigned PUT.
-    fn create_bucket(&self, bucket: &str) {
-        let response = http_request(self.port, "PUT", &format!("/{bucket}")).expect("create bucket");
-        assert!(response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"), "{response}");
-    }
-
-    /// The bucket as the journal crate sees it, to inspect what the MDS wrote.
-    fn store(&self) -> JournalStore {
-        let options = StoreOptions {
-            endpoint: Some(self.endpoint()),
-            region: Some("us-east-1".into()),
-            access_key_id: Some("test".into()),
-            secret_access_key: Some("test".into()),
-            allow_http: true,
-        };
-        JournalStore::open(&format!("s3://{BUCKET}"), &options).expect("open the bucket")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_server_executable() -> PathBuf {
-    if let Some(path) = std::env::var_os("CUDELE_MOTO_SERVER") {
-        return PathBuf::from(path);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|directory| directory.join("moto_server"))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "moto_server is not on PATH; the S3 MDS test needs a real S3 server: run `pip install 'moto[server]'` \
-                 (or set CUDELE_MOTO_SERVER to its path)"
-            )
-        })
-}
-
-/// One HTTP/1.1 request without a body; returns the whole response as text.
-fn http_request(port: u16, method: &str, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), HTTP_TIMEOUT)?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    Ok(String::from_utf8_lossy(&response).into_owned())
-}
 
 fn start_mds(moto: &MotoServer, data_dir: &std::path::Path) -> MdsProcess {
     let endpoint = moto.endpoint();
@@ -152,7 +43,7 @@ fn start_mds(moto: &MotoServer, data_dir: &std::path::Path) -> MdsProcess {
 async fn mds_on_s3_rebuilds_from_the_bucket() {
     let moto = MotoServer::start();
     moto.create_bucket(BUCKET);
-    let bucket = moto.store();
+    let bucket = moto.store(&format!("s3://{BUCKET}"));
     let scratch = tempfile::tempdir().unwrap();
 
     // First MDS: build, let a snapshot cover it (segments trimmed), build more, SIGKILL.
