@@ -123,7 +123,12 @@ pub async fn run(
         }
         Ok(request)
     };
-    let service = MdsServer::with_interceptor(MdsService { mds: mds.clone() }, authenticate.clone());
+    let service = tonic::service::interceptor::InterceptedService::new(
+        MdsServer::new(MdsService { mds: mds.clone() })
+            .max_decoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(cudele_proto::MESSAGE_BYTES_MAX),
+        authenticate.clone(),
+    );
     let coordinator = CoordinatorServer::with_interceptor(replicas.coordinator_service(mds.clone()), authenticate);
     let autoscaler_task = replicas.spawn_autoscaler(address, shutdown.clone());
     // tonic applies `tcp_nodelay` only to listeners it binds itself; without it, Nagle holds

@@ -25,3 +25,8 @@ pub mod routing;
 pub mod status;
 
 pub use status::{error_from_status, status_from_error};
+
+/// Largest gRPC message either side accepts: a merge carries a whole client journal (about
+/// 50 bytes per create, so 100,000 creates are ~5 MB, over tonic's 4 MiB default) and a
+/// decouple reply a whole subtree snapshot.
+pub const MESSAGE_BYTES_MAX: usize = 512 << 20;

@@ -194,7 +194,9 @@ pub async fn connect(address: SocketAddr, headers: Headers) -> Result<ApiClient>
         .connect()
         .await
         .with_context(|| format!("connecting to {address}"))?;
-    Ok(MdsClient::with_interceptor(channel, headers))
+    Ok(MdsClient::with_interceptor(channel, headers)
+        .max_decoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(cudele_proto::MESSAGE_BYTES_MAX))
 }
 
 /// Connect and open a session; returns the client carrying that session.

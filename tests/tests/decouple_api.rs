@@ -191,3 +191,25 @@ async fn allow_decoupled_wins_and_gaps_are_refused() {
     assert_eq!((outside.events_applied, outside.events_skipped), (0, 1));
     assert!(outside.skip_reasons[0].contains("outside"), "{:?}", outside.skip_reasons);
 }
+
+/// A merge of 100,000 creates (a ~5 MB client journal, over gRPC's default 4 MiB message limit)
+/// goes through in one atomic merge.
+#[tokio::test]
+async fn a_hundred_thousand_creates_merge_at_once() {
+    const CREATES: u64 = 100_000;
+    let directory = tempfile::tempdir().unwrap();
+    let mds = MdsProcess::start(directory.path(), &[]).unwrap();
+    let (mut owner, _) = connect_session(mds.address, None, "owner").await.unwrap();
+    let checkpoint = mkdir(&mut owner, "ckpt").await;
+    let policy = CHECKPOINT_POLICY.replace("allocated_inodes: 1000", "allocated_inodes: 100000");
+    let decoupled = owner
+        .decouple(pb::DecoupleRequest { ino: checkpoint, policy: policy.into_bytes() })
+        .await
+        .unwrap()
+        .into_inner();
+    let journal = segment(&creates(checkpoint, decoupled.range_start, 1, CREATES));
+    assert!(journal.len() > 4 << 20, "the journal is {} bytes", journal.len());
+    let merged =
+        owner.merge(pb::MergeRequest { ino: checkpoint, journal, ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!((merged.events_applied, merged.merged_seq), (CREATES, CREATES));
+}

@@ -130,7 +130,9 @@ impl RemoteMetadata {
             let _entered = runtime.handle().enter();
             lazy_channel(&options.address)?
         };
-        let client = MdsClient::with_interceptor(channel, headers);
+        let client = MdsClient::with_interceptor(channel, headers)
+            .max_decoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(cudele_proto::MESSAGE_BYTES_MAX);
         let shared = Arc::new(Shared {
             options,
             client,
