@@ -2,6 +2,7 @@
 //! into a reply. No filesystem logic lives here; errors become errno in [`errno`] only.
 
 use crate::fs::{Caller, CudeleFs, DirListing, OpenMode};
+use crate::kernel_cache::{KernelState, Ttls};
 use crate::metadata::{InodeAttr, Metadata, SetAttrChanges, TimeChange};
 use cudele_journal::{FileKind, Timestamp};
 use cudele_namespace::NsError;
@@ -17,15 +18,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How long the kernel may trust a name -> inode mapping and an inode's attributes without
-/// asking us again. Zero, so a change made through another mount is seen by the next
-/// syscall here: the kernel asks on every access and our userspace cache, kept coherent by
-/// the MDS's invalidations, answers cheaply. Longer TTLs need the kernel's copy invalidated
-/// through fuser's notifier before we acknowledge an invalidation, which races with replies
-/// in flight (and can deadlock on the directory lock); decoupled subtrees, which nobody
-/// else may change, are where a per-subtree TTL will pay off first.
-pub const ENTRY_TTL: Duration = Duration::ZERO;
-pub const ATTR_TTL: Duration = Duration::ZERO;
 /// st_blksize: the I/O size we prefer (the kernel's largest FUSE write is 128 KiB by
 /// default; bigger application buffers just become several requests).
 pub const PREFERRED_IO_SIZE_BYTES: u32 = 128 * 1024;
@@ -115,18 +107,35 @@ fn name_bytes(name: &OsStr) -> &[u8] {
 /// A [`CudeleFs`] served to the kernel.
 pub struct FuseAdapter<M: Metadata + ?Sized + 'static> {
     fs: Arc<CudeleFs<M>>,
+    /// What the kernel may cache and holds (see `crate::kernel_cache`).
+    kernel: Arc<KernelState>,
 }
 
 impl<M: Metadata + ?Sized + 'static> FuseAdapter<M> {
     pub fn new(fs: Arc<CudeleFs<M>>) -> Self {
-        FuseAdapter { fs }
+        FuseAdapter { fs, kernel: Arc::new(KernelState::new()) }
     }
-}
 
-fn reply_entry(reply: ReplyEntry, result: Result<InodeAttr, NsError>) {
-    match result {
-        Ok(attr) => reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &file_attr(&attr), GENERATION),
-        Err(error) => reply.error(errno(&error)),
+    /// Shared with the notifier that invalidates the kernel's caches.
+    pub fn kernel_state(&self) -> Arc<KernelState> {
+        self.kernel.clone()
+    }
+
+    /// TTLs for a lookup or getattr answer (the replies the kernel guards against racing
+    /// invalidations).
+    fn cache_ttls(&self) -> Ttls {
+        self.kernel.ttls(self.fs.metadata().kernel_may_cache())
+    }
+
+    /// Reply with an entry; the kernel takes a lookup reference on it.
+    fn reply_entry(&self, reply: ReplyEntry, result: Result<InodeAttr, NsError>, ttls: Ttls) {
+        match result {
+            Ok(attr) => {
+                self.kernel.looked_up(attr.attr.ino);
+                reply.entry_with_ttls(&ttls.attr, &ttls.entry, &file_attr(&attr), GENERATION)
+            }
+            Err(error) => reply.error(errno(&error)),
+        }
     }
 }
 
@@ -155,6 +164,7 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
         let wanted =
             InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO | InitFlags::FUSE_PARALLEL_DIROPS;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        self.kernel.set_protocol_minor(config.kernel_abi().1);
         Ok(())
     }
 
@@ -163,12 +173,18 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
     }
 
     fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.lookup(parent.0, name_bytes(name)));
+        let result = self.fs.lookup(parent.0, name_bytes(name));
+        self.reply_entry(reply, result, self.cache_ttls());
+    }
+
+    /// (fuser's default batch_forget calls this for each inode.)
+    fn forget(&self, _request: &Request, ino: INodeNo, nlookup: u64) {
+        self.kernel.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _request: &Request, ino: INodeNo, _handle: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(attr) => reply.attr(&ATTR_TTL, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&self.cache_ttls().attr, &file_attr(&attr)),
             Err(error) => reply.error(errno(&error)),
         }
     }
@@ -200,8 +216,9 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
             atime: atime.map(time_change),
             mtime: mtime.map(time_change),
         };
+        // TTL 0: the kernel does not guard a setattr reply against a racing invalidation.
         match self.fs.setattr(ino.0, &changes, caller(request)) {
-            Ok(attr) => reply.attr(&ATTR_TTL, &file_attr(&attr)),
+            Ok(attr) => reply.attr(&Ttls::NONE.attr, &file_attr(&attr)),
             Err(error) => reply.error(errno(&error)),
         }
     }
@@ -223,11 +240,12 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.fs.mknod(parent.0, name_bytes(name), mode, umask, rdev, caller(request)));
+        let result = self.fs.mknod(parent.0, name_bytes(name), mode, umask, rdev, caller(request));
+        self.reply_entry(reply, result, Ttls::NONE);
     }
 
     fn mkdir(&self, request: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.mkdir(parent.0, name_bytes(name), mode, umask, caller(request)));
+        self.reply_entry(reply, self.fs.mkdir(parent.0, name_bytes(name), mode, umask, caller(request)), Ttls::NONE);
     }
 
     fn unlink(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -240,7 +258,7 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
 
     fn symlink(&self, request: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let target = target.as_os_str().as_bytes();
-        reply_entry(reply, self.fs.symlink(parent.0, name_bytes(link_name), target, caller(request)));
+        self.reply_entry(reply, self.fs.symlink(parent.0, name_bytes(link_name), target, caller(request)), Ttls::NONE);
     }
 
     fn rename(
@@ -258,7 +276,7 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
     }
 
     fn link(&self, _request: &Request, ino: INodeNo, new_parent: INodeNo, new_name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.link(ino.0, new_parent.0, name_bytes(new_name)));
+        self.reply_entry(reply, self.fs.link(ino.0, new_parent.0, name_bytes(new_name)), Ttls::NONE);
     }
 
     fn open(&self, _request: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -381,8 +399,13 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
                 None => continue,
             };
             let attr = file_attr(&attr);
-            if reply.add(INodeNo(entry_ino), cookie, OsStr::from_bytes(&name), &ENTRY_TTL, &attr, GENERATION) {
+            // TTL 0: the kernel does not guard readdirplus entries against a racing
+            // invalidation. It takes a lookup reference on every entry but "." and "..".
+            if reply.add(INodeNo(entry_ino), cookie, OsStr::from_bytes(&name), &Ttls::NONE.entry, &attr, GENERATION) {
                 break;
+            }
+            if name != b"." && name != b".." {
+                self.kernel.looked_up(entry_ino);
             }
         }
         reply.ok();
@@ -459,7 +482,8 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
     ) {
         match self.fs.create(parent.0, name_bytes(name), mode, umask, OpenMode::from_flags(flags), caller(request)) {
             Ok((attr, handle)) => {
-                reply.created(&ENTRY_TTL, &file_attr(&attr), GENERATION, FileHandle(handle), FopenFlags::empty())
+                self.kernel.looked_up(attr.attr.ino);
+                reply.created(&Ttls::NONE.entry, &file_attr(&attr), GENERATION, FileHandle(handle), FopenFlags::empty())
             }
             Err(error) => reply.error(errno(&error)),
         }

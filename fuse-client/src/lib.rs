@@ -21,6 +21,7 @@ pub mod data;
 pub mod error;
 pub mod fs;
 pub mod fuse;
+pub mod kernel_cache;
 pub mod metadata;
 pub mod mount;
 pub mod runtime;

@@ -6,6 +6,7 @@ use crate::data::ChunkStore;
 use crate::error::ClientError;
 use crate::fs::CudeleFs;
 use crate::fuse::FuseAdapter;
+use crate::kernel_cache::{KernelNotifier, KernelState};
 use crate::metadata::{LocalMetadata, Metadata, RemoteMetadata, RemoteOptions};
 use crate::runtime::Blocking;
 use crate::subtree::{RemoteControl, SubtreeRouter};
@@ -58,6 +59,9 @@ pub struct MountConfig {
     pub outage_timeout: Duration,
     /// Where decoupled subtrees with Local Persist keep their client journals.
     pub journal_dir: PathBuf,
+    /// Creates acknowledged before they are durable, replayed by this mount if the MDS
+    /// restarts first (`early_replies=on|off`; see docs/DURABILITY.md).
+    pub early_replies: bool,
 }
 
 /// Default directory for locally persisted client journals.
@@ -77,6 +81,7 @@ impl MountConfig {
             log_file: None,
             outage_timeout: Duration::from_millis(crate::metadata::remote::OUTAGE_TIMEOUT_MS),
             journal_dir: PathBuf::from(JOURNAL_DIR_DEFAULT),
+            early_replies: true,
         }
     }
 
@@ -126,6 +131,14 @@ impl MountConfig {
             }
             ("outage_timeout_ms", Some(milliseconds)) => {
                 self.outage_timeout = Duration::from_millis(milliseconds.parse().map_err(|_| invalid("not a number"))?);
+                None
+            }
+            ("early_replies", Some(switch)) => {
+                self.early_replies = match switch {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(invalid("on or off")),
+                };
                 None
             }
             ("allow_other", None) => {
@@ -234,6 +247,7 @@ pub fn connect(config: &MountConfig) -> Result<Arc<CudeleFs>, ClientError> {
     let runtime = Blocking::new("cudele-client").map_err(ClientError::io("starting the client runtime"))?;
     let mut options = RemoteOptions::new(config.server.clone(), token);
     options.outage_timeout = config.outage_timeout;
+    options.early_replies = config.early_replies;
     let metadata = Arc::new(RemoteMetadata::connect(options, runtime.clone())?);
     let url = config.store_url.clone().unwrap_or_else(|| metadata.object_store_url());
     let objects = match JournalStore::open(&url, &StoreOptions::default()) {
@@ -278,6 +292,7 @@ pub fn run_foreground(config: &MountConfig, ready: impl FnOnce()) -> Result<(), 
     })?;
     let fs = connect(config)?;
     let adapter = FuseAdapter::new(fs.clone());
+    let kernel = adapter.kernel_state();
     let mut session = match fuser::Session::new(adapter, &config.mountpoint, &config.fuser_config()) {
         Ok(session) => session,
         Err(cause) => {
@@ -285,6 +300,7 @@ pub fn run_foreground(config: &MountConfig, ready: impl FnOnce()) -> Result<(), 
             return Err(ClientError::Io { context: format!("mounting {}", config.mountpoint.display()), cause });
         }
     };
+    attach_kernel_cache(&session, &fs, kernel);
     tracing::info!(mountpoint = %config.mountpoint.display(), "mounted");
     ready();
     let mut unmounter = session.unmount_callable();
@@ -307,6 +323,23 @@ pub fn run_foreground(config: &MountConfig, ready: impl FnOnce()) -> Result<(), 
     // a session that ended abnormally. Both steps are idempotent.
     fs.shutdown();
     result.map_err(|cause| ClientError::Io { context: "serving the mount".to_string(), cause })
+}
+
+/// Let the kernel cache entries and attributes if the metadata can invalidate them there
+/// (see `crate::kernel_cache`); without a second handle on /dev/fuse it must ask every time.
+fn attach_kernel_cache<F: fuser::Filesystem, M: Metadata + ?Sized>(
+    session: &fuser::Session<F>,
+    fs: &CudeleFs<M>,
+    kernel: Arc<KernelState>,
+) {
+    use std::os::fd::AsFd;
+    match session.as_fd().try_clone_to_owned() {
+        Ok(device) => {
+            let notifier = Arc::new(KernelNotifier::new(session.notifier(), device, kernel.clone()));
+            kernel.set_attached(fs.metadata().attach_kernel_cache(notifier));
+        }
+        Err(error) => tracing::warn!(%error, "no kernel caching: cannot duplicate the FUSE descriptor"),
+    }
 }
 
 /// Mount in a child process that keeps serving after we return; return once the mount is

@@ -26,6 +26,9 @@ pub const SEGMENT_RECORDS_MAX: usize = 4096;
 pub const SEGMENT_PUT_ATTEMPTS_MAX: u32 = 8;
 /// First retry delay; doubled per attempt.
 pub const SEGMENT_PUT_RETRY_DELAY_MS: u64 = 50;
+/// Fault injection for tests: delay every segment write by this many milliseconds, so
+/// that a kill lands while acknowledged-early events are not yet durable.
+pub const FAULT_SEGMENT_DELAY_ENV: &str = "CUDELE_FAULT_SEGMENT_DELAY_MS";
 
 /// Records made durable, with the store changes to flush into the metadata store.
 pub struct DurableBatch {
@@ -51,6 +54,8 @@ pub struct JournalWriter {
     failed: watch::Sender<bool>,
     events_written: AtomicU64,
     bytes_written: AtomicU64,
+    /// See [`FAULT_SEGMENT_DELAY_ENV`].
+    fault_delay: Option<Duration>,
 }
 
 impl JournalWriter {
@@ -65,6 +70,10 @@ impl JournalWriter {
             failed,
             events_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            fault_delay: std::env::var(FAULT_SEGMENT_DELAY_ENV)
+                .ok()
+                .and_then(|value| value.parse::<u64>().ok())
+                .map(Duration::from_millis),
         })
     }
 
@@ -176,6 +185,9 @@ impl JournalWriter {
             let bytes = builder.finish();
             let segment_bytes = bytes.len() as u64;
             let name = segment_object_name(first_seq);
+            if let Some(delay) = self.fault_delay {
+                tokio::time::sleep(delay).await;
+            }
             if let Err(error) = put_with_retries(&store, &name, bytes).await {
                 tracing::error!(%error, segment = %name, "journal segment could not be written; stopping");
                 let _ = self.failed.send(true);

@@ -2,6 +2,8 @@
 
 pub const OPERATIONS_TOTAL: &str = "cudele_mds_operations_total";
 pub const OPERATION_ERRORS_TOTAL: &str = "cudele_mds_operation_errors_total";
+/// Replies sent before their event was durable (the client keeps the record for replay).
+pub const EARLY_REPLIES_TOTAL: &str = "cudele_mds_early_replies_total";
 pub const OPERATION_SECONDS: &str = "cudele_mds_operation_seconds";
 pub const JOURNAL_BYTES_TOTAL: &str = "cudele_mds_journal_bytes_total";
 pub const JOURNAL_EVENTS_TOTAL: &str = "cudele_mds_journal_events_total";

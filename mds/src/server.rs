@@ -17,8 +17,53 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+/// Most events awaiting durability for which the MDS still replies early: bounds what an
+/// MDS crash can take back (clients replay it) and what a client keeps for replay.
+pub const UNSAFE_EVENTS_MAX: u64 = 1 << 16;
+/// Inode numbers reserved (journaled) at a time for creates answered early.
+pub const UNSAFE_INODE_BLOCK: u64 = 4096;
+
+/// An early reply's event, encoded as a journal record (seq + event) for the client to
+/// keep until it is durable (see `cudele_proto::early`).
+pub struct Unsafe {
+    pub seq: Seq,
+    pub record: Vec<u8>,
+}
+
+/// Inode numbers for early-answered creates: reserved by an AllocateInodes event that
+/// must be durable (at `ready_seq`) before any of them goes out in an early reply.
+#[derive(Default)]
+struct UnsafeBlock {
+    next: Ino,
+    end: Ino,
+    ready_seq: Seq,
+}
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct ReplaySummary {
+    pub applied: u64,
+    pub already_applied: u64,
+    pub failed: u64,
+    pub failures: Vec<String>,
+}
+
+impl ReplaySummary {
+    fn fail(&mut self, record: &cudele_journal::Record, reason: &str) {
+        self.failed += 1;
+        if self.failures.len() < MERGE_SKIP_REASONS_REPORTED_MAX {
+            self.failures.push(format!("record {} ({}): {reason}", record.seq, record.event.kind_name()));
+        }
+    }
+}
+
 pub struct Mds {
     namespace: RwLock<Namespace>,
+    /// Taken only under the namespace write lock.
+    unsafe_block: Mutex<UnsafeBlock>,
+    /// The process's start time (ns): clients learn from a change that unsafe records not
+    /// yet durable may have been lost, and replay them; a later start has a larger value.
+    pub incarnation: u64,
     pub journal: Arc<JournalWriter>,
     pub sessions: Sessions,
     pub progress: Arc<PersistProgress>,
@@ -46,6 +91,10 @@ impl Mds {
         }
         Mds {
             namespace: RwLock::new(namespace),
+            unsafe_block: Mutex::new(UnsafeBlock::default()),
+            incarnation: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |since| since.as_nanos() as u64),
             journal,
             sessions,
             progress,
@@ -94,20 +143,77 @@ impl Mds {
         build: impl FnOnce(&Namespace) -> NsResult<Event>,
         reply: impl FnOnce(&Namespace, &Event) -> R,
     ) -> NsResult<R> {
-        let (seq, touched, result, replica_plan) = {
+        let (result, _) = self.mutate_with(origin, false, |namespace, _| build(namespace), reply).await?;
+        Ok(result)
+    }
+
+    /// [`Mds::mutate`] for events that may create an inode: `build` gets the number a new
+    /// inode takes. With `early` (the client keeps and replays unsafe records), the reply
+    /// may come before the event is durable — then it carries the [`Unsafe`] record — as
+    /// long as fewer than [`UNSAFE_EVENTS_MAX`] events await durability and the inode
+    /// comes from a block reserved durably beforehand, so that an inode handed out in an
+    /// early reply is never handed out again by an MDS that lost the reply's event.
+    pub async fn mutate_with<R>(
+        &self,
+        origin: SessionId,
+        early: bool,
+        build: impl FnOnce(&Namespace, Ino) -> NsResult<Event>,
+        reply: impl FnOnce(&Namespace, &Event) -> R,
+    ) -> NsResult<(R, Option<Unsafe>)> {
+        let (seq, touched, result, replica_plan, unsafe_event) = {
             let mut namespace = self.namespace.write().expect("namespace lock poisoned");
-            let event = build(&namespace)?;
+            let mut block = self.unsafe_block.lock().expect("unsafe block lock poisoned");
+            let backlog = self.journal.last_assigned().saturating_sub(self.journal.durable_seq());
+            let mut reply_early = early && backlog < UNSAFE_EVENTS_MAX;
+            if reply_early && block.next >= block.end {
+                // A fresh block, journaled ahead of the event; this reply waits for both.
+                let range = namespace.peek_range(UNSAFE_INODE_BLOCK);
+                let reservation = Event::AllocateInodes { owner: 0, range };
+                let reserved = namespace.apply(&reservation)?;
+                let ready_seq = self.journal.append(reservation, namespace.store_ops(&reserved));
+                *block = UnsafeBlock { next: range.start, end: range.end, ready_seq };
+                reply_early = false;
+            }
+            let new_ino = if early && block.next < block.end { block.next } else { namespace.next_ino() };
+            let event = build(&namespace, new_ino)?;
             cudele_namespace::validate_event(&event)?;
             check_interference(&namespace, origin, &event)?;
             let touched = namespace.apply(&event)?;
+            if touched.inodes().any(|ino| ino == new_ino) && new_ino == block.next {
+                block.next += 1;
+            }
+            // The block's reservation must be durable before an early reply relies on it.
+            reply_early &= self.journal.durable_seq() >= block.ready_seq;
             let replica_plan = self.replicas.plan(&namespace, &touched, [&event]);
             let result = reply(&namespace, &event);
             let changes = namespace.store_ops(&touched);
+            let unsafe_event = reply_early.then(|| event.clone());
             let seq = self.journal.append(event, changes);
-            (seq, touched, result, replica_plan)
+            (seq, touched, result, replica_plan, unsafe_event)
         };
         metrics::gauge!(metrics_names::INODES).set(self.inode_count() as f64);
-        self.journal.wait_durable(seq).await.map_err(NsError::Io)?;
+        let unsafe_record = unsafe_event.map(|event| {
+            let mut record = Vec::new();
+            cudele_journal::codec::encode_record(&cudele_journal::Record { seq, event }, &mut record);
+            Unsafe { seq, record }
+        });
+        let durable_wait = if unsafe_record.is_some() { None } else { Some(seq) };
+        self.finish(origin, durable_wait, touched, replica_plan).await?;
+        Ok((result, unsafe_record))
+    }
+
+    /// The tail every change shares: wait until `durable` (if any) is durable, then until
+    /// cache replicas and other sessions dropped what the change touched.
+    async fn finish(
+        &self,
+        origin: SessionId,
+        durable: Option<Seq>,
+        touched: cudele_namespace::Touched,
+        replica_plan: Option<crate::replica::coherence::InvalidationPlan>,
+    ) -> NsResult<()> {
+        if let Some(seq) = durable {
+            self.journal.wait_durable(seq).await.map_err(NsError::Io)?;
+        }
         self.replicas.invalidate(replica_plan).await;
         let inodes: Vec<Ino> = touched.inodes().collect();
         let entries: Vec<(Ino, Vec<u8>)> = touched.dentries().cloned().collect();
@@ -116,7 +222,53 @@ impl Mds {
             tracing::warn!(session, "session did not acknowledge an invalidation in time; expiring it");
             self.expire_session(session).await;
         }
-        Ok(result)
+        Ok(())
+    }
+
+    /// Re-apply create-like records a client got early replies for from an MDS that lost
+    /// them (it restarted before they were durable). Idempotent: a record whose inode
+    /// exists is skipped. Applied records form one atomic group; returns once durable.
+    pub async fn replay(&self, origin: SessionId, records: Vec<cudele_journal::Record>) -> NsResult<ReplaySummary> {
+        let mut summary = ReplaySummary::default();
+        let (seq, touched, replica_plan) = {
+            let mut namespace = self.namespace.write().expect("namespace lock poisoned");
+            let mut group = Vec::new();
+            let mut touched = cudele_namespace::Touched::default();
+            for record in records {
+                let ino = match &record.event {
+                    Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } => *ino,
+                    other => {
+                        summary.fail(&record, &format!("a {} cannot be replayed", other.kind_name()));
+                        continue;
+                    }
+                };
+                if namespace.record(ino).is_ok() {
+                    summary.already_applied += 1;
+                    continue;
+                }
+                let applied = cudele_namespace::validate_event(&record.event)
+                    .and_then(|()| check_interference(&namespace, origin, &record.event))
+                    .and_then(|()| namespace.apply(&record.event));
+                match applied {
+                    Ok(event_touched) => {
+                        summary.applied += 1;
+                        group.push((record.event, namespace.store_ops(&event_touched)));
+                        touched.extend(&event_touched);
+                    }
+                    Err(error) => summary.fail(&record, &error.to_string()),
+                }
+            }
+            if group.is_empty() {
+                return Ok(summary);
+            }
+            let replica_plan = self.replicas.plan(&namespace, &touched, group.iter().map(|(event, _)| event));
+            (self.journal.append_group(group), touched, replica_plan)
+        };
+        if summary.failed > 0 {
+            tracing::warn!(origin, failed = summary.failed, reasons = ?summary.failures, "replayed records refused");
+        }
+        self.finish(origin, Some(seq), touched, replica_plan).await?;
+        Ok(summary)
     }
 
     pub async fn open_session(&self, client: String) -> NsResult<SessionId> {
@@ -388,13 +540,7 @@ impl Mds {
             let seq = self.journal.append_group(group);
             (seq, touched, summary, replica_plan)
         };
-        self.journal.wait_durable(seq).await.map_err(NsError::Io)?;
-        self.replicas.invalidate(replica_plan).await;
-        let inodes: Vec<Ino> = touched.inodes().collect();
-        let entries: Vec<(Ino, Vec<u8>)> = touched.dentries().cloned().collect();
-        for session in self.sessions.invalidate(origin, inodes, entries).await {
-            self.expire_session(session).await;
-        }
+        self.finish(origin, Some(seq), touched, replica_plan).await?;
         Ok(summary)
     }
 }

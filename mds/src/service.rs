@@ -2,7 +2,7 @@
 //! filesystem semantics live here; errors map through `cudele_proto::status`.
 
 use crate::metrics_names;
-use crate::server::Mds;
+use crate::server::{Mds, Unsafe};
 use cudele_journal::{AttrChanges, Event, SessionId, Timestamp, ROOT_INO};
 use cudele_namespace::namespace::INODE_RANGE_LENGTH_MAX;
 use cudele_namespace::{Namespace, NsError, NsResult};
@@ -10,6 +10,7 @@ use cudele_proto::auth::SESSION_HEADER;
 use cudele_proto::convert::{
     attr_to_wire, kind_from_wire, kind_to_wire, rename_mode_from_wire, time_from_wire, xattr_mode_from_wire,
 };
+use cudele_proto::early;
 use cudele_proto::pb::{self, mds_server};
 use cudele_proto::status_from_error;
 use std::sync::atomic::Ordering;
@@ -66,37 +67,70 @@ async fn instrumented<T>(
     operation: &'static str,
     work: impl std::future::Future<Output = NsResult<T>>,
 ) -> Reply<T> {
+    instrumented_early(mds, operation, async { work.await.map(|reply| (reply, None)) }).await
+}
+
+/// [`instrumented`] for operations that may reply early: the reply carries the unsafe
+/// record, and every reply (error or not) the incarnation and durable position.
+async fn instrumented_early<T>(
+    mds: &Mds,
+    operation: &'static str,
+    work: impl std::future::Future<Output = NsResult<(T, Option<Unsafe>)>>,
+) -> Reply<T> {
     let started = Instant::now();
     mds.count_operation(operation);
     metrics::counter!(metrics_names::OPERATIONS_TOTAL, "op" => operation).increment(1);
     let result = work.await;
     metrics::histogram!(metrics_names::OPERATION_SECONDS, "op" => operation).record(started.elapsed().as_secs_f64());
+    let durable_seq = mds.journal.durable_seq();
     match result {
-        Ok(reply) => Ok(Response::new(reply)),
+        Ok((reply, unsafe_record)) => {
+            let mut response = Response::new(reply);
+            early::stamp(response.metadata_mut(), mds.incarnation, durable_seq);
+            if let Some(unsafe_record) = unsafe_record {
+                metrics::counter!(metrics_names::EARLY_REPLIES_TOTAL).increment(1);
+                early::attach_unsafe_record(response.metadata_mut(), &unsafe_record.record);
+            }
+            Ok(response)
+        }
         Err(error) => {
             metrics::counter!(metrics_names::OPERATION_ERRORS_TOTAL, "op" => operation).increment(1);
-            Err(status_from_error(error))
+            let mut status = status_from_error(error);
+            early::stamp(status.metadata_mut(), mds.incarnation, durable_seq);
+            Err(status)
         }
     }
+}
+
+/// Whether the client keeps and replays unsafe records (it sent the early-reply header).
+fn wants_early_reply<T>(request: &Request<T>) -> bool {
+    request.metadata().get(early::EARLY_REPLY_HEADER).is_some_and(|value| value.as_bytes() == b"1")
 }
 
 impl MdsService {
     /// Create, mkdir, symlink and link: build the event (new entries get the next inode
     /// number) and reply with the attributes of the inode the new name points to.
+    /// With `early` (the client replays unsafe records; never for link, whose replay could
+    /// not tell whether it applied), the reply may precede durability.
     async fn create_entry(
         &self,
         origin: SessionId,
         operation: &'static str,
+        early: bool,
         build: impl FnOnce(u64) -> NsResult<Event>,
     ) -> Reply<pb::AttrReply> {
-        instrumented(&self.mds, operation, async {
-            self.mds
-                .mutate(
+        let early = early && origin != 0;
+        instrumented_early(&self.mds, operation, async {
+            let (reply, unsafe_record) = self
+                .mds
+                .mutate_with(
                     origin,
-                    |namespace| build(namespace.next_ino()),
+                    early,
+                    |_, ino| build(ino),
                     |namespace, event| attr_reply(namespace, created_ino(event)),
                 )
-                .await?
+                .await?;
+            Ok((reply?, unsafe_record))
         })
         .await
     }
@@ -125,7 +159,10 @@ impl mds_server::Mds for MdsService {
             .and_then(|text| text.parse::<SessionId>().ok())
             .ok_or_else(|| Status::invalid_argument("heartbeat without a cudele-session header"))?;
         if self.mds.resume_session(session) {
-            Ok(Response::new(pb::Empty {}))
+            // Tells an idle client of a restart (new incarnation): it replays what was lost.
+            let mut response = Response::new(pb::Empty {});
+            early::stamp(response.metadata_mut(), self.mds.incarnation, self.mds.journal.durable_seq());
+            Ok(response)
         } else {
             Err(Status::unauthenticated(format!("session {session} is not live (expired or unknown)")))
         }
@@ -216,8 +253,9 @@ impl mds_server::Mds for MdsService {
 
     async fn create(&self, request: Request<pb::CreateRequest>) -> Reply<pb::AttrReply> {
         let origin = session_of(&self.mds, &request)?;
+        let early = wants_early_reply(&request);
         let request = request.into_inner();
-        self.create_entry(origin, "create", |ino| {
+        self.create_entry(origin, "create", early, |ino| {
             Ok(Event::Create {
                 parent: request.parent,
                 name: request.name,
@@ -235,8 +273,9 @@ impl mds_server::Mds for MdsService {
 
     async fn mkdir(&self, request: Request<pb::MkdirRequest>) -> Reply<pb::AttrReply> {
         let origin = session_of(&self.mds, &request)?;
+        let early = wants_early_reply(&request);
         let request = request.into_inner();
-        self.create_entry(origin, "mkdir", |ino| {
+        self.create_entry(origin, "mkdir", early, |ino| {
             Ok(Event::Mkdir {
                 parent: request.parent,
                 name: request.name,
@@ -252,8 +291,9 @@ impl mds_server::Mds for MdsService {
 
     async fn symlink(&self, request: Request<pb::SymlinkRequest>) -> Reply<pb::AttrReply> {
         let origin = session_of(&self.mds, &request)?;
+        let early = wants_early_reply(&request);
         let request = request.into_inner();
-        self.create_entry(origin, "symlink", |ino| {
+        self.create_entry(origin, "symlink", early, |ino| {
             Ok(Event::Symlink {
                 parent: request.parent,
                 name: request.name,
@@ -270,7 +310,7 @@ impl mds_server::Mds for MdsService {
     async fn link(&self, request: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
-        self.create_entry(origin, "link", |_| {
+        self.create_entry(origin, "link", false, |_| {
             Ok(Event::Link {
                 ino: request.ino,
                 parent: request.new_parent,
@@ -500,6 +540,26 @@ impl mds_server::Mds for MdsService {
         .await
     }
 
+    async fn replay(&self, request: Request<pb::ReplayRequest>) -> Reply<pb::ReplayReply> {
+        let origin = session_of(&self.mds, &request)?;
+        let encoded = request.into_inner().records;
+        instrumented(&self.mds, "replay", async {
+            let records = encoded
+                .iter()
+                .map(|bytes| cudele_journal::codec::decode_record(bytes))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| NsError::InvalidArgument("a replayed record does not decode"))?;
+            let summary = self.mds.replay(origin, records).await?;
+            Ok(pb::ReplayReply {
+                applied: summary.applied,
+                already_applied: summary.already_applied,
+                failed: summary.failed,
+                failures: summary.failures,
+            })
+        })
+        .await
+    }
+
     async fn allocate_inodes(&self, request: Request<pb::AllocateInodesRequest>) -> Reply<pb::InodeRangeReply> {
         let origin = session_of(&self.mds, &request)?;
         let count = request.into_inner().count;
@@ -586,6 +646,7 @@ impl mds_server::Mds for MdsService {
             snapshot_seq: progress.snapshot_seq.load(Ordering::Relaxed),
             operations: mds.operation_counts().into_iter().map(|(name, count)| (name.to_string(), count)).collect(),
             object_store_url: mds.object_store_url.clone(),
+            replicas: Some(crate::replica::status::replica_status(&mds.replicas)),
         }))
     }
 

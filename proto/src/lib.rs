@@ -20,6 +20,7 @@ pub mod replica_pb {
 
 pub mod auth;
 pub mod convert;
+pub mod early;
 pub mod partition;
 pub mod routing;
 pub mod status;

@@ -11,8 +11,8 @@
 //! While the push channel is down the cache is disabled: nothing is served from it and
 //! nothing enters it, because nobody would tell us when it goes stale.
 
-use super::InodeAttr;
-use crate::sync::{lock, AtomicU64, Mutex, Ordering};
+use super::{InodeAttr, KernelCache};
+use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 use cudele_journal::Ino;
 use std::collections::{HashMap, HashSet};
 
@@ -182,12 +182,25 @@ impl State {
 pub struct MetadataCache {
     state: Mutex<State>,
     pub counters: CacheCounters,
+    /// The kernel's copy of what we answered: invalidated with ours, before the ACK.
+    kernel: std::sync::OnceLock<Arc<dyn KernelCache>>,
 }
 
 impl MetadataCache {
     /// A disabled, empty cache (enable it once the push channel is up).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// From now on, every invalidation also reaches the kernel's caches.
+    pub fn attach_kernel(&self, kernel: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(kernel);
+    }
+
+    fn kernel_invalidate_all(&self) {
+        if let Some(kernel) = self.kernel.get() {
+            kernel.invalidate_all();
+        }
     }
 
     pub fn generation(&self) -> CacheGeneration {
@@ -273,6 +286,10 @@ impl MetadataCache {
             state.drop_entry(*parent, name);
         }
         state.generation += 1;
+        drop(state);
+        if let Some(kernel) = self.kernel.get() {
+            kernel.invalidate(inodes, entries);
+        }
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -330,6 +347,8 @@ impl MetadataCache {
         let mut state = lock(&self.state);
         state.clear();
         state.generation += 1;
+        drop(state);
+        self.kernel_invalidate_all();
     }
 
     /// The push channel is down: forget everything and stop caching.
@@ -338,6 +357,8 @@ impl MetadataCache {
         state.enabled = false;
         state.clear();
         state.generation += 1;
+        drop(state);
+        self.kernel_invalidate_all();
     }
 
     /// The push channel is up (subscribed): start caching. Reads sent before now may
@@ -347,6 +368,9 @@ impl MetadataCache {
         state.clear();
         state.enabled = true;
         state.generation += 1;
+        drop(state);
+        // Writes made while nobody could tell us (the channel was down) may be cached.
+        self.kernel_invalidate_all();
     }
 
     pub fn is_enabled(&self) -> bool {

@@ -231,6 +231,15 @@ impl Metadata for LocalMetadata {
         )
     }
 
+    /// One process, one mount: nothing changes behind the kernel's back.
+    fn attach_kernel_cache(&self, _kernel: std::sync::Arc<dyn super::KernelCache>) -> bool {
+        true
+    }
+
+    fn kernel_may_cache(&self) -> bool {
+        true
+    }
+
     fn fsync(&self, ino: Ino) -> NsResult<()> {
         // Nothing is persisted in process; the inode must still exist, as on the MDS.
         lock(&self.namespace).getattr(ino).map(|_| ())

@@ -10,10 +10,13 @@
 pub mod cache;
 pub mod local;
 pub mod remote;
+pub mod replica_reads;
 pub mod rpc;
+pub mod unsafe_log;
 
 use cudele_journal::{FileKind, Ino, RenameMode, Timestamp, XattrMode};
 use cudele_namespace::{Attr, DirEntry, NsResult};
+use std::sync::Arc;
 
 pub use local::LocalMetadata;
 pub use remote::{RemoteMetadata, RemoteOptions};
@@ -141,4 +144,27 @@ pub trait Metadata: Send + Sync {
     fn fsync(&self, ino: Ino) -> NsResult<()>;
     /// The mount ends: release server-side state (sessions). Idempotent.
     fn close(&self) {}
+    /// The kernel may cache what this implementation answers (entries and attributes with
+    /// long TTLs) if it tells `kernel` whenever cached metadata changes behind the
+    /// kernel's back (another mount's write, a lost push channel, a merge), before that
+    /// change is acknowledged. Returns false if it cannot: then the kernel must ask every
+    /// time. Called once, when the mount starts.
+    fn attach_kernel_cache(&self, _kernel: Arc<dyn KernelCache>) -> bool {
+        false
+    }
+    /// Whether answers given now may be cached by the kernel (false while the push
+    /// channel that would invalidate them is down).
+    fn kernel_may_cache(&self) -> bool {
+        false
+    }
+}
+
+/// The kernel's caches of entries and attributes, as far as we can reach them (fuser's
+/// notifier). Implementations must not block on kernel locks a request in flight may hold
+/// (see `crate::kernel_cache`): they are called before an invalidation is acknowledged.
+pub trait KernelCache: Send + Sync {
+    /// Another mount changed these inodes and directory entries.
+    fn invalidate(&self, inodes: &[Ino], entries: &[(Ino, Vec<u8>)]);
+    /// Anything the kernel cached may be stale.
+    fn invalidate_all(&self);
 }

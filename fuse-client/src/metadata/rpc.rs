@@ -30,6 +30,8 @@ pub struct Headers {
     authorization: Option<AsciiMetadataValue>,
     /// 0 until OpenSession; shared so a reopened session applies to every clone.
     session: Arc<AtomicU64>,
+    /// Ask for early replies (we keep unsafe records and replay them; see `unsafe_log`).
+    early_reply: bool,
 }
 
 impl Headers {
@@ -43,7 +45,13 @@ impl Headers {
             }
             None => None,
         };
-        Ok(Headers { authorization, session })
+        Ok(Headers { authorization, session, early_reply: false })
+    }
+
+    /// Ask the MDS for early replies to creates.
+    pub fn with_early_reply(mut self, early_reply: bool) -> Self {
+        self.early_reply = early_reply;
+        self
     }
 }
 
@@ -55,6 +63,9 @@ impl tonic::service::Interceptor for Headers {
         let session = self.session.load(Ordering::Acquire);
         if session != 0 {
             request.metadata_mut().insert(SESSION_HEADER, AsciiMetadataValue::from(session));
+        }
+        if self.early_reply {
+            request.metadata_mut().insert(cudele_proto::early::EARLY_REPLY_HEADER, AsciiMetadataValue::from(1u64));
         }
         Ok(request)
     }

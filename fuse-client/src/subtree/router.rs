@@ -15,7 +15,7 @@
 
 use super::journal::{client_journal_file, client_journal_object};
 use super::view::DecoupledSubtree;
-use crate::metadata::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges};
+use crate::metadata::{FsStats, InodeAttr, KernelCache, Metadata, Owner, ReaddirPage, SetAttrChanges};
 use cudele_journal::{FileKind, Ino, InodeRange, RenameMode, Timestamp, XattrMode};
 use cudele_namespace::{NsError, NsResult};
 use cudele_policy::{Consistency, Mechanism, Policy};
@@ -87,6 +87,8 @@ pub struct SubtreeRouter {
     /// Local Persist target directory.
     journal_dir: PathBuf,
     subtrees: RwLock<HashMap<Ino, Arc<Mutex<Entry>>>>,
+    /// The kernel's caches: a subtree that comes or goes changes what this mount answers.
+    kernel: std::sync::OnceLock<Arc<dyn KernelCache>>,
 }
 
 fn invisible(policy: &Policy) -> bool {
@@ -95,7 +97,20 @@ fn invisible(policy: &Policy) -> bool {
 
 impl SubtreeRouter {
     pub fn new(inner: Arc<dyn Metadata>, control: Arc<dyn SubtreeControl>, journal_dir: PathBuf) -> Self {
-        SubtreeRouter { inner, control, journal_dir, subtrees: RwLock::new(HashMap::new()) }
+        SubtreeRouter {
+            inner,
+            control,
+            journal_dir,
+            subtrees: RwLock::new(HashMap::new()),
+            kernel: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// This mount's answers changed wholesale (a subtree was decoupled or given back).
+    fn kernel_invalidate_all(&self) {
+        if let Some(kernel) = self.kernel.get() {
+            kernel.invalidate_all();
+        }
     }
 
     /// The subtree holding `ino`, if any.
@@ -160,6 +175,7 @@ impl SubtreeRouter {
             ino,
             Arc::new(Mutex::new(Entry { subtree, last_merge: None, last_sync: std::time::Instant::now() })),
         );
+        self.kernel_invalidate_all();
         Ok(())
     }
 
@@ -220,6 +236,8 @@ impl SubtreeRouter {
         if recouple {
             self.subtrees.write().expect("subtrees lock poisoned").remove(&root);
         }
+        // Whatever the kernel cached below the root came from the local view.
+        self.kernel_invalidate_all();
         Ok(outcome)
     }
 
@@ -491,6 +509,15 @@ impl Metadata for SubtreeRouter {
     fn close(&self) {
         self.shutdown();
         self.inner.close();
+    }
+
+    fn attach_kernel_cache(&self, kernel: Arc<dyn KernelCache>) -> bool {
+        let _ = self.kernel.set(kernel.clone());
+        self.inner.attach_kernel_cache(kernel)
+    }
+
+    fn kernel_may_cache(&self) -> bool {
+        self.inner.kernel_may_cache()
     }
 
     fn fsync(&self, ino: Ino) -> NsResult<()> {

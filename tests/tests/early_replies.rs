@@ -1,0 +1,89 @@
+//! Early ("unsafe") replies through a real mount (docs/DURABILITY.md): the MDS acknowledges
+//! creates before they are durable, the mount keeps their journal records, and when the MDS
+//! restarts having lost some of them the mount replays them — nothing the application saw
+//! succeed is lost, and what was replayed is durable afterwards.
+//!
+//! The MDS runs with `CUDELE_FAULT_SEGMENT_DELAY_MS` so that every segment write takes a
+//! while: a kill -9 right after a burst of creates then always lands while acknowledged
+//! creates are not yet durable. Bounded polls only; skips where FUSE is not usable.
+
+use cudele_e2e::{fuse_available, wait_until, Api, MdsProcess, Mount};
+use std::path::Path;
+use std::time::Duration;
+
+const SOON: Duration = Duration::from_secs(30);
+const FILES: usize = 200;
+const SEGMENT_DELAY_ENV: (&str, &str) = ("CUDELE_FAULT_SEGMENT_DELAY_MS", "400");
+
+/// How many entries the MDS has in `/name`, asked through a session of our own (which
+/// replays nothing).
+async fn entries_at_mds(mds: &MdsProcess, name: &str) -> usize {
+    let mut api = Api::open(mds.address, None, "checker").await.expect("checker session");
+    let directory = api.lookup(1, name).await.expect("directory exists at the MDS");
+    api.readdir_all(directory.ino, 1024).await.expect("readdir").len()
+}
+
+fn create_files(directory: &Path) {
+    std::fs::create_dir(directory).expect("mkdir through the mount");
+    for index in 0..FILES {
+        std::fs::write(directory.join(format!("f{index:04}")), b"").expect("create through the mount");
+    }
+}
+
+fn all_present(directory: &Path) -> Result<(), String> {
+    for index in 0..FILES {
+        let path = directory.join(format!("f{index:04}"));
+        std::fs::metadata(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_acknowledged_early_survive_an_mds_kill() {
+    if !fuse_available() {
+        eprintln!("skipping: /dev/fuse is not usable here");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut mds = MdsProcess::start_with_env(&root.path().join("mds"), &[], &[SEGMENT_DELAY_ENV]).expect("start");
+    let mount = Mount::start(mds.address, &root.path().join("a"), &root.path().join("journals"), "").expect("mount");
+    let directory = mount.path("burst");
+    tokio::task::block_in_place(|| create_files(&directory));
+    // Kill the MDS at once: the last creates were acknowledged but are not durable yet.
+    mds.kill();
+    mds.env.clear(); // the restarted MDS writes segments at full speed
+    mds.restart().expect("restart the MDS");
+    let kept = entries_at_mds(&mds, "burst").await;
+    assert!(kept < FILES, "the kill should have lost acknowledged creates (kept {kept} of {FILES})");
+    // The mount learns of the restart from its next reply and replays what was lost.
+    tokio::task::block_in_place(|| all_present(&directory)).expect("every acknowledged create is back");
+    let replayed = wait_until(SOON, || async { entries_at_mds(&mds, "burst").await == FILES }).await;
+    assert!(replayed, "the MDS holds every file again");
+    // What was replayed is durable: it survives another kill -9.
+    mds.restart().expect("restart the MDS again");
+    assert_eq!(entries_at_mds(&mds, "burst").await, FILES);
+    drop(mount);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_early_replies_every_create_is_durable_when_acknowledged() {
+    if !fuse_available() {
+        eprintln!("skipping: /dev/fuse is not usable here");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut mds = MdsProcess::start_with_env(&root.path().join("mds"), &[], &[SEGMENT_DELAY_ENV]).expect("start");
+    let mount = Mount::start(mds.address, &root.path().join("a"), &root.path().join("journals"), "early_replies=off")
+        .expect("mount");
+    let directory = mount.path("burst");
+    // Fewer files: each waits for a (deliberately slow) segment write.
+    std::fs::create_dir(&directory).expect("mkdir");
+    for index in 0..10 {
+        tokio::task::block_in_place(|| std::fs::write(directory.join(format!("f{index}")), b"")).expect("create");
+    }
+    mds.kill();
+    mds.env.clear();
+    mds.restart().expect("restart the MDS");
+    assert_eq!(entries_at_mds(&mds, "burst").await, 10, "nothing acknowledged was lost, nothing to replay");
+    drop(mount);
+}
