@@ -190,7 +190,8 @@ impl JournalWriter {
             }
             if let Err(error) = put_with_retries(&store, &name, bytes).await {
                 tracing::error!(%error, segment = %name, "journal segment could not be written; stopping");
-                let _ = self.failed.send(true);
+                // send_replace: watch::send drops the value when nobody is subscribed.
+                self.failed.send_replace(true);
                 // Memory holds events that are not durable: the only honest way on is a
                 // restart that recovers the durable state.
                 std::process::abort();
@@ -201,7 +202,9 @@ impl JournalWriter {
             metrics::counter!(metrics_names::JOURNAL_EVENTS_TOTAL).increment(batch.len() as u64);
             metrics::counter!(metrics_names::JOURNAL_SEGMENTS_TOTAL).increment(1);
             metrics::histogram!(metrics_names::JOURNAL_BATCH_EVENTS).record(batch.len() as f64);
-            let _ = self.durable.send(last_seq);
+            // send_replace, not send: with every reply early nobody may be waiting, and
+            // watch::send does not store a value that no receiver would see.
+            self.durable.send_replace(last_seq);
             let changes = batch.into_iter().map(|(record, changes)| (record.seq, changes)).collect();
             if flushed.send(DurableBatch { last_seq, changes }).await.is_err() {
                 tracing::warn!("metadata store flusher has stopped; journal keeps streaming");
@@ -226,4 +229,26 @@ async fn put_with_retries(store: &JournalStore, name: &str, bytes: Vec<u8>) -> R
         }
     }
     Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudele_journal::{Event, InodeRange};
+
+    /// With every reply early, nobody waits: the durable position must still advance.
+    #[tokio::test]
+    async fn durable_position_advances_with_nobody_waiting() {
+        let writer = JournalWriter::new(1);
+        let store = Arc::new(JournalStore::memory());
+        let (flushed, mut batches) = mpsc::channel(16);
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(writer.clone().run(store, flushed, shutdown));
+        let seq = writer.append(Event::AllocateInodes { owner: 0, range: InodeRange { start: 10, end: 20 } }, vec![]);
+        let batch = tokio::time::timeout(Duration::from_secs(30), batches.recv()).await.expect("written").expect("batch");
+        assert_eq!(batch.last_seq, seq);
+        assert_eq!(writer.durable_seq(), seq);
+        stop.send_replace(true);
+        task.await.expect("writer stops");
+    }
 }

@@ -464,6 +464,7 @@ impl Mds {
         recouple: bool,
         operator: bool,
     ) -> NsResult<MergeSummary> {
+        let started = Instant::now();
         let (seq, touched, summary, replica_plan) = {
             let mut namespace = self.namespace.write().expect("namespace lock poisoned");
             let record = namespace.record(ino)?;
@@ -540,7 +541,11 @@ impl Mds {
             let seq = self.journal.append_group(group);
             (seq, touched, summary, replica_plan)
         };
-        self.finish(origin, Some(seq), touched, replica_plan).await?;
+        let applied_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.journal.wait_durable(seq).await.map_err(NsError::Io)?;
+        let durable_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.finish(origin, None, touched, replica_plan).await?;
+        tracing::debug!(applied_ms, durable_ms, total_ms = started.elapsed().as_secs_f64() * 1e3, "merge phases");
         Ok(summary)
     }
 }

@@ -603,13 +603,26 @@ impl mds_server::Mds for MdsService {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
         instrumented(&self.mds, "merge", async {
+            let started = Instant::now();
+            let journal_bytes = request.journal.len();
             let records = if request.journal.is_empty() && request.journal_object.is_empty() {
                 // Nothing to replay (e.g. recouple after everything merged).
                 Vec::new()
             } else {
                 client_journal_records(&self.mds, request.journal, &request.journal_object).await?
             };
+            let decode_ms = started.elapsed().as_secs_f64() * 1e3;
             let summary = self.mds.merge(origin, request.ino, records, request.recouple, request.operator).await?;
+            tracing::info!(
+                session = origin,
+                ino = request.ino,
+                journal_bytes,
+                applied = summary.applied,
+                skipped = summary.skipped,
+                decode_ms,
+                total_ms = started.elapsed().as_secs_f64() * 1e3,
+                "merged a client journal"
+            );
             Ok(pb::MergeReply {
                 events_applied: summary.applied,
                 events_skipped: summary.skipped,
