@@ -4,6 +4,10 @@
 //! Binaries are found next to the test executable's target directory (`target/debug` or
 //! `target/release`), so run `cargo build --bins` before `cargo test` (the README's test
 //! command does).
+//!
+//! [`bench`] holds what the benchmark binaries share (CPU accounting, timed phases, plots).
+
+pub mod bench;
 
 use anyhow::{bail, Context, Result};
 use cudele_proto::auth::{AUTHORIZATION_HEADER, SESSION_HEADER};

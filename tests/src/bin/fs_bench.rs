@@ -31,12 +31,16 @@
 //! Needs root (tmpfs and FUSE mounts). Every mount is unmounted by a guard, also on error;
 //! the MDS is stopped by pid.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use cudele_e2e::bench::{
+    create_files, file_names, find_mount_daemon, loadavg, machine, median, run_phase, saturation_rule, timed,
+    write_json, Phase, Server, SATURATION_FRACTION,
+};
 use cudele_e2e::MdsProcess;
-use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::fcntl::AtFlags;
 use nix::mount::{umount2, MntFlags, MsFlags};
-use nix::sys::stat::{fstatat, Mode};
+use nix::sys::stat::fstatat;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use plotters::prelude::*;
 use serde_json::{json, Map, Value};
@@ -45,13 +49,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-/// A phase during which the machine's CPUs were at least this busy was CPU-bound.
-const SATURATION_FRACTION: f64 = 0.9;
-/// /proc/stat counts in 10 ms ticks: shorter phases give no usable busy fraction.
-const CPU_SAMPLE_SECONDS_MIN: f64 = 0.2;
 /// How long `noop-fuse` may take to mount.
 const FLOOR_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a floor process may take to exit once unmounted.
@@ -135,199 +134,12 @@ struct Options {
     policies: PathBuf,
 }
 
-// ----- machine and CPU accounting -----
-
-fn nproc() -> usize {
-    std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
-}
-
-fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, name)| name.trim())
-        })
-        .unwrap_or("unknown")
-        .to_string();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let memory_kib = std::fs::read_to_string("/proc/meminfo").unwrap_or_default().lines().find_map(|line| {
-        line.strip_prefix("MemTotal:").and_then(|rest| rest.trim().trim_end_matches(" kB").parse::<u64>().ok())
-    });
-    json!({ "nproc": nproc(), "cpu_model": model, "kernel": kernel, "memory_kib": memory_kib })
-}
-
-/// CPU seconds (user + system) process `pid` has used so far; None once it is gone.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5), i.e. 12 and 13 after the name.
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks as f64 / ticks_per_second)
-}
-
-/// Busy and total jiffies of the whole machine so far, from /proc/stat.
-fn machine_cpu_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let values: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .map(|value| value.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    let total: u64 = values.iter().take(8).sum();
-    (total.saturating_sub(idle), total)
-}
-
-/// The process whose command line is `cudele mount ... MOUNTPOINT ...` (the mount daemon).
-fn find_mount_daemon(mountpoint: &Path) -> Option<u32> {
-    let wanted = mountpoint.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let arguments: Vec<&[u8]> = cmdline.split(|byte| *byte == 0).collect();
-        let is_cudele = arguments.first().is_some_and(|program| program.ends_with(b"cudele"));
-        (is_cudele && arguments.contains(&&b"mount"[..]) && arguments.contains(&wanted)).then_some(pid)
-    })
-}
-
-/// A process whose CPU use each phase reports.
-#[derive(Clone)]
-struct Server {
-    name: &'static str,
-    pid: u32,
-}
-
-// ----- phases -----
-
-/// What one phase (every thread doing one operation over its files) measured.
-struct Phase {
-    operations: u64,
-    wall: Duration,
-    machine_busy_fraction: f64,
-    /// (name, cores used on average during the phase), the benchmark's own threads first.
-    cpu_cores: Vec<(&'static str, f64)>,
-}
-
-impl Phase {
-    fn per_second(&self) -> f64 {
-        self.operations as f64 / self.wall.as_secs_f64().max(1e-9)
-    }
-
-    fn reliable(&self) -> bool {
-        self.wall.as_secs_f64() >= CPU_SAMPLE_SECONDS_MIN
-    }
-
-    fn saturated(&self) -> bool {
-        self.reliable() && self.machine_busy_fraction >= SATURATION_FRACTION
-    }
-
-    fn to_json(&self) -> Value {
-        let cores: Map<String, Value> =
-            self.cpu_cores.iter().map(|(name, cores)| (name.to_string(), json!(cores))).collect();
-        json!({
-            "operations": self.operations,
-            "seconds": self.wall.as_secs_f64(),
-            "per_second": self.per_second(),
-            "machine_busy_fraction": self.machine_busy_fraction,
-            "cpu_sample_reliable": self.reliable(),
-            "cpu_saturated": self.saturated(),
-            "cpu_cores": cores,
-        })
-    }
-}
-
-/// Run `operation(directory handle, directory path)` on one thread per directory, all
-/// released together; the wall time is from the release to the last thread's end.
-fn run_phase<F>(directories: &[PathBuf], servers: &[Server], operation: F) -> Result<Phase>
-where
-    F: Fn(&File, &Path) -> Result<u64> + Sync,
-{
-    let handles = directories
-        .iter()
-        .map(|directory| File::open(directory).with_context(|| format!("opening {}", directory.display())))
-        .collect::<Result<Vec<File>>>()?;
-    let barrier = Barrier::new(directories.len() + 1);
-    let self_pid = std::process::id();
-    let servers_before: Vec<Option<f64>> = servers.iter().map(|server| cpu_seconds(server.pid)).collect();
-    let outcome = std::thread::scope(|scope| {
-        let workers: Vec<_> = handles
-            .iter()
-            .zip(directories)
-            .map(|(handle, directory)| {
-                let barrier = &barrier;
-                let operation = &operation;
-                scope.spawn(move || {
-                    barrier.wait();
-                    // Each thread times itself: the main thread may be scheduled late.
-                    let started = Instant::now();
-                    let operations = operation(handle, directory);
-                    (started, Instant::now(), operations)
-                })
-            })
-            .collect();
-        let machine_before = machine_cpu_jiffies();
-        let self_before = cpu_seconds(self_pid);
-        barrier.wait();
-        let results: Vec<(Instant, Instant, Result<u64>)> = workers
-            .into_iter()
-            .map(|worker| {
-                worker.join().unwrap_or_else(|_| {
-                    let now = Instant::now();
-                    (now, now, Err(anyhow!("a benchmark thread panicked")))
-                })
-            })
-            .collect();
-        (results, machine_before, machine_cpu_jiffies(), self_before, cpu_seconds(self_pid))
-    });
-    let (results, machine_before, machine_after, self_before, self_after) = outcome;
-    // From the first thread's start to the last thread's end.
-    let first_start = results.iter().map(|(started, _, _)| *started).min().context("no threads")?;
-    let last_end = results.iter().map(|(_, ended, _)| *ended).max().context("no threads")?;
-    let wall = last_end.duration_since(first_start);
-    let mut operations = 0;
-    for (_, _, result) in results {
-        operations += result?;
-    }
-    let seconds = wall.as_secs_f64().max(1e-9);
-    let mut cpu_cores = vec![(
-        "fs-bench",
-        match (self_before, self_after) {
-            (Some(before), Some(after)) => (after - before) / seconds,
-            _ => 0.0,
-        },
-    )];
-    for (server, before) in servers.iter().zip(servers_before) {
-        if let (Some(before), Some(after)) = (before, cpu_seconds(server.pid)) {
-            cpu_cores.push((server.name, (after - before) / seconds));
-        }
-    }
-    let machine_busy_fraction = (machine_after.0.saturating_sub(machine_before.0)) as f64
-        / (machine_after.1.saturating_sub(machine_before.1)).max(1) as f64;
-    Ok(Phase { operations, wall, machine_busy_fraction, cpu_cores })
-}
-
 /// The shape of one measurement: how many threads, files each, readdir passes.
 struct Workload<'a> {
     threads: usize,
     files: usize,
     readdir_passes: usize,
     servers: &'a [Server],
-}
-
-fn file_names(count: usize) -> Vec<String> {
-    (0..count).map(|index| format!("f{index:07}")).collect()
 }
 
 /// Create, stat (warm), list and unlink `files` files in each of `threads` directories under
@@ -340,17 +152,7 @@ fn run_workload(root: &Path, workload: &Workload, after_creates: &mut dyn FnMut(
     }
     let names = file_names(workload.files);
     let servers = workload.servers;
-    let creates = run_phase(&directories, servers, |directory, path| {
-        let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
-        for name in &names {
-            // Dropping the descriptor closes it: create + close is the measured unit.
-            drop(
-                openat(directory, name.as_str(), flags, Mode::from_bits_truncate(0o644))
-                    .with_context(|| format!("creating {}/{name}", path.display()))?,
-            );
-        }
-        Ok(names.len() as u64)
-    })?;
+    let creates = run_phase(&directories, servers, |directory, path| create_files(directory, path, &names))?;
     let merge = after_creates()?;
     let stat_all = |directory: &File, path: &Path| -> Result<u64> {
         for name in &names {
@@ -605,10 +407,10 @@ impl Cudele {
             CudeleMount::mount(mds.address, &mountpoint, &scratch.join("client-journals"), &scratch.join("mount.log"))?;
         let mut servers = Vec::new();
         if let Some(pid) = mds.pid() {
-            servers.push(Server { name: "cudele-mds", pid });
+            servers.push(Server::new("cudele-mds", pid));
         }
         match find_mount_daemon(&mountpoint) {
-            Some(pid) => servers.push(Server { name: "cudele-mount", pid }),
+            Some(pid) => servers.push(Server::new("cudele-mount", pid)),
             None => eprintln!("warning: the cudele mount daemon was not found; its CPU use is not reported"),
         }
         Ok(Cudele { mount, mds, servers })
@@ -631,13 +433,6 @@ fn policy(options: &Options, file: &str) -> Result<PathBuf> {
         bail!("{} is missing (set --policies to the examples/policies directory)", path.display());
     }
     Ok(path)
-}
-
-/// Time a command; seconds.
-fn timed<T>(action: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
-    let started = Instant::now();
-    let value = action()?;
-    Ok((value, started.elapsed().as_secs_f64()))
 }
 
 fn subtree_status(directory: &Path) -> Result<Value> {
@@ -694,7 +489,7 @@ impl Mounts {
             if wanted(target) {
                 match FloorMount::start(&scratch.join(format!("floor-{ttl_ms}ms")), ttl_ms) {
                     Ok(floor) => {
-                        let servers = floor.pid().map(|pid| Server { name: "noop-fuse", pid }).into_iter().collect();
+                        let servers = floor.pid().map(|pid| Server::new("noop-fuse", pid)).into_iter().collect();
                         mounts.floors.push((target, floor, servers));
                     }
                     Err(error) => failures.push((target, format!("{error:#}"))),
@@ -1238,12 +1033,6 @@ const FIGURE6_BARS: [Bar; 6] = [
     },
 ];
 
-/// The median of `values` (0 when empty).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|left, right| left.partial_cmp(right).unwrap_or(std::cmp::Ordering::Equal));
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// One repetition of one Figure 6 bar: (create phase, seconds of what follows, the untimed
 /// recouple's seconds or error).
 fn figure6_sample(
@@ -1260,16 +1049,8 @@ fn figure6_sample(
         let policy = policy(options, file)?;
         cudele(&[OsStr::new("decouple"), directory.as_os_str(), OsStr::new("--policy"), policy.as_os_str()])?;
     }
-    let creates = run_phase(std::slice::from_ref(&directory), servers, |handle, path| {
-        let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
-        for name in names {
-            drop(
-                openat(handle, name.as_str(), flags, Mode::from_bits_truncate(0o644))
-                    .with_context(|| format!("creating {}/{name}", path.display()))?,
-            );
-        }
-        Ok(names.len() as u64)
-    })?;
+    let creates =
+        run_phase(std::slice::from_ref(&directory), servers, |handle, path| create_files(handle, path, names))?;
     let ((), then_seconds) = timed(|| match bar.then {
         Then::Nothing => Ok(()),
         Then::Merge => cudele(&[OsStr::new("merge"), directory.as_os_str()]).map(drop),
@@ -1415,11 +1196,6 @@ fn run_figure6(scratch: &Path, options: &Options) -> Result<Value> {
 
 // ----- main -----
 
-fn write_json(path: &Path, value: &Value) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 fn main() -> Result<()> {
     let options = Options::parse();
     if options.threads.is_empty() || options.threads.contains(&0) || options.files == 0 {
@@ -1451,11 +1227,7 @@ fn main() -> Result<()> {
         "profile": profile,
         "machine": machine(),
         "scratch_dir": scratch.path(),
-        "saturation_rule": format!(
-            "cpu_saturated: the machine's CPUs (all processes, /proc/stat) were ≥ {:.0}% busy during the phase; \
-             only judged for phases of ≥ {CPU_SAMPLE_SECONDS_MIN} s (cpu_sample_reliable)",
-            SATURATION_FRACTION * 100.0
-        ),
+        "saturation_rule": saturation_rule(),
     });
     let mut failures = Vec::new();
     if options.figure6 {

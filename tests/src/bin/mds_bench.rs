@@ -16,14 +16,13 @@
 //! is trimmed while bytes are counted.
 
 use anyhow::{bail, Context, Result};
+use cudele_e2e::bench::{self, busy_fraction, machine_cpu_jiffies, nproc, SATURATION_FRACTION};
 use cudele_e2e::{segment_objects, Api, MdsProcess};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const ROOT: u64 = 1;
-/// A run this close to the machine's CPU capacity is CPU-bound, and says so in its results.
-const SATURATION_FRACTION: f64 = 0.9;
 /// How often each client renews its session lease (the MDS default lease is 10 s).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -68,60 +67,17 @@ fn parse_options() -> Result<Options> {
     Ok(options)
 }
 
-/// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
-fn cpu_seconds(pid: &str) -> Result<f64> {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5), i.e. 12 and 13 after the name.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / ticks_per_second)
-}
-
-/// Busy and total jiffies of the whole machine so far, from /proc/stat.
-fn machine_cpu_jiffies() -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = stat.lines().next().context("empty /proc/stat")?;
-    let values: Vec<u64> = line.split_whitespace().skip(1).map(|value| value.parse().unwrap_or(0)).collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    let total: u64 = values.iter().take(8).sum();
-    Ok((total - idle, total))
-}
-
+/// The machine, and how busy it was at the start (other work on it skews the figures).
 fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, name)| name.trim())
-        })
-        .unwrap_or("unknown")
-        .to_string();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let memory_kib = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("MemTotal:").map(|rest| rest.trim().trim_end_matches(" kB").parse::<u64>().ok())
-        })
-        .flatten();
-    json!({
-        "nproc": nproc(),
-        "cpu_model": model,
-        "kernel": kernel,
-        "memory_kib": memory_kib,
-        // Other work on the machine skews the figures: record how busy it was at the start.
-        "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
-        "temp_dir": std::env::temp_dir(),
-    })
+    let mut machine = bench::machine();
+    machine["loadavg_at_start"] = json!(bench::loadavg());
+    machine["temp_dir"] = json!(std::env::temp_dir());
+    machine
 }
 
-fn nproc() -> usize {
-    std::thread::available_parallelism().map(|count| count.get()).unwrap_or(1)
+/// CPU seconds `pid` has used so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    bench::cpu_seconds(pid).with_context(|| format!("reading /proc/{pid}/stat"))
 }
 
 fn percentile(sorted: &[Duration], fraction: f64) -> f64 {
@@ -190,16 +146,16 @@ async fn run_phase<F, Fut>(
     clients: &[Api],
     seconds: f64,
     max_ops: Option<u64>,
-    mds_pid: &str,
+    mds_pid: u32,
     operation: F,
 ) -> Result<Phase>
 where
     F: Fn(Api, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
-    let machine_before = machine_cpu_jiffies()?;
+    let machine_before = machine_cpu_jiffies();
     let mds_cpu_before = cpu_seconds(mds_pid)?;
-    let bench_cpu_before = cpu_seconds("self")?;
+    let bench_cpu_before = cpu_seconds(std::process::id())?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = clients
@@ -227,16 +183,15 @@ where
     }
     let wall = started.elapsed();
     latencies.sort();
-    let machine_after = machine_cpu_jiffies()?;
-    let machine_busy_fraction =
-        (machine_after.0 - machine_before.0) as f64 / (machine_after.1 - machine_before.1).max(1) as f64;
+    let machine_after = machine_cpu_jiffies();
+    let machine_busy_fraction = busy_fraction(machine_before, machine_after);
     Ok(Phase {
         machine_busy_fraction,
         operations: latencies.len() as u64,
         wall,
         latencies,
         mds_cpu_seconds: cpu_seconds(mds_pid)? - mds_cpu_before,
-        bench_cpu_seconds: cpu_seconds("self")? - bench_cpu_before,
+        bench_cpu_seconds: cpu_seconds(std::process::id())? - bench_cpu_before,
     })
 }
 
@@ -251,7 +206,7 @@ async fn measure(client_count: usize, options: &Options) -> Result<Value> {
     let data_dir = directory.path().join("data");
     // Snapshots (and the trims after them) stay out of the measurement window.
     let mut mds = MdsProcess::start(&data_dir, &["--snapshot-interval-ms", "86400000"])?;
-    let pid = mds.pid().context("mds pid")?.to_string();
+    let pid = mds.pid().context("mds pid")?;
     let mut clients = Vec::new();
     let mut homes = Vec::new();
     let mut heartbeats = Vec::new();
@@ -277,7 +232,7 @@ async fn measure(client_count: usize, options: &Options) -> Result<Value> {
     let created: std::sync::Arc<Vec<std::sync::Mutex<Vec<u64>>>> =
         std::sync::Arc::new((0..client_count).map(|_| std::sync::Mutex::new(Vec::new())).collect());
     let homes = std::sync::Arc::new(homes);
-    let creates = run_phase(&clients, options.seconds, options.max_ops, &pid, {
+    let creates = run_phase(&clients, options.seconds, options.max_ops, pid, {
         let created = created.clone();
         let homes = homes.clone();
         move |mut api: Api, index: usize, count: u64| {
@@ -294,7 +249,7 @@ async fn measure(client_count: usize, options: &Options) -> Result<Value> {
     let after = status_api.status().await?;
     let (segments_after, segment_bytes_after) = segment_totals(&data_dir.join("objects"));
 
-    let getattrs = run_phase(&clients, options.seconds, options.max_ops, &pid, {
+    let getattrs = run_phase(&clients, options.seconds, options.max_ops, pid, {
         let created = created.clone();
         move |mut api: Api, index: usize, count: u64| {
             let created = created.clone();
