@@ -72,7 +72,77 @@ pub fn status_json(status: &pb::StatusReply) -> serde_json::Value {
             "snapshot_seq": status.snapshot_seq,
         },
         "operations": status.operations.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "replicas": replicas_json(status.replicas.as_ref()),
     })
+}
+
+/// hits / (hits + misses), None before the first read.
+pub fn hit_rate(hits: u64, misses: u64) -> Option<f64> {
+    let reads = hits + misses;
+    (reads > 0).then(|| hits as f64 / reads as f64)
+}
+
+/// The replica part of the status as JSON (`deployments` 0: replicas off).
+fn replicas_json(replicas: Option<&pb::ReplicaStatus>) -> serde_json::Value {
+    let default = pb::ReplicaStatus::default();
+    let replicas = replicas.unwrap_or(&default);
+    let hits: u64 = replicas.list.iter().map(|deployment| deployment.hits).sum();
+    let misses: u64 = replicas.list.iter().map(|deployment| deployment.misses).sum();
+    serde_json::json!({
+        "deployments": replicas.deployments,
+        "instances": replicas.list.iter().map(|deployment| deployment.instances).sum::<u32>(),
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": hit_rate(hits, misses),
+        "registrations": replicas.registrations,
+        "invalidations_sent": replicas.invalidations_sent,
+        "instances_declared_dead": replicas.instances_declared_dead,
+        "list": replicas.list.iter().map(|deployment| serde_json::json!({
+            "index": deployment.index,
+            "instances": deployment.instances,
+            "draining": deployment.draining,
+            "hits": deployment.hits,
+            "misses": deployment.misses,
+            "hit_rate": hit_rate(deployment.hits, deployment.misses),
+            "requests": deployment.requests,
+            "invalidations": deployment.invalidations,
+            "rejected": deployment.rejected,
+            "cached_items": deployment.cached_items,
+            "demand": deployment.demand_milli as f64 / 1000.0,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The replica part of the status table.
+fn replicas_table(out: &mut String, replicas: Option<&pb::ReplicaStatus>) {
+    let Some(replicas) = replicas.filter(|replicas| replicas.deployments > 0) else {
+        let _ = writeln!(out, "\nreplicas       off");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\nreplicas       {} deployments  {} registrations  {} invalidations sent  {} declared dead",
+        replicas.deployments, replicas.registrations, replicas.invalidations_sent, replicas.instances_declared_dead
+    );
+    let _ = writeln!(out, "DEPLOYMENT INSTANCES DRAINING       HITS     MISSES HIT RATE   CACHED DEMAND");
+    for deployment in &replicas.list {
+        let rate = match hit_rate(deployment.hits, deployment.misses) {
+            Some(rate) => format!("{:.1} %", rate * 100.0),
+            None => "-".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:>9} {:>8} {:>10} {:>10} {:>8} {:>8} {:>6.2}",
+            deployment.index,
+            deployment.instances,
+            deployment.draining,
+            deployment.hits,
+            deployment.misses,
+            rate,
+            deployment.cached_items,
+            deployment.demand_milli as f64 / 1000.0
+        );
+    }
 }
 
 /// The status as a table for people.
@@ -107,6 +177,7 @@ pub fn status_table(server: &str, status: &pb::StatusReply) -> String {
     for (name, count) in operations {
         let _ = writeln!(out, "{name:<16} {count}");
     }
+    replicas_table(&mut out, status.replicas.as_ref());
     out
 }
 

@@ -466,6 +466,22 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
         reply_empty(reply, self.fs.removexattr(ino.0, name_bytes(name)));
     }
 
+    /// No ioctls: ENOTTY, what Linux gives for an ioctl a file does not support (isatty()
+    /// probes every file Python opens; fuser's default would log each one).
+    fn ioctl(
+        &self,
+        _request: &Request,
+        _ino: INodeNo,
+        _handle: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _command: u32,
+        _input: &[u8],
+        _output_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn access(&self, request: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         reply_empty(reply, self.fs.access(ino.0, mask.bits(), caller(request)));
     }

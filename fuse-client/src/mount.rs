@@ -62,6 +62,8 @@ pub struct MountConfig {
     /// Creates acknowledged before they are durable, replayed by this mount if the MDS
     /// restarts first (`early_replies=on|off`; see docs/DURABILITY.md).
     pub early_replies: bool,
+    /// Where cache-miss reads go first (`replicas=auto|on|off`).
+    pub replicas: crate::metadata::replica_reads::ReplicaMode,
 }
 
 /// Default directory for locally persisted client journals.
@@ -82,6 +84,7 @@ impl MountConfig {
             outage_timeout: Duration::from_millis(crate::metadata::remote::OUTAGE_TIMEOUT_MS),
             journal_dir: PathBuf::from(JOURNAL_DIR_DEFAULT),
             early_replies: true,
+            replicas: Default::default(),
         }
     }
 
@@ -139,6 +142,10 @@ impl MountConfig {
                     "off" => false,
                     _ => return Err(invalid("on or off")),
                 };
+                None
+            }
+            ("replicas", Some(mode)) => {
+                self.replicas = mode.parse().map_err(|reason: String| invalid(&reason))?;
                 None
             }
             ("allow_other", None) => {
@@ -248,6 +255,7 @@ pub fn connect(config: &MountConfig) -> Result<Arc<CudeleFs>, ClientError> {
     let mut options = RemoteOptions::new(config.server.clone(), token);
     options.outage_timeout = config.outage_timeout;
     options.early_replies = config.early_replies;
+    options.replicas = config.replicas;
     let metadata = Arc::new(RemoteMetadata::connect(options, runtime.clone())?);
     let url = config.store_url.clone().unwrap_or_else(|| metadata.object_store_url());
     let objects = match JournalStore::open(&url, &StoreOptions::default()) {

@@ -245,7 +245,8 @@ mod tests {
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(writer.clone().run(store, flushed, shutdown));
         let seq = writer.append(Event::AllocateInodes { owner: 0, range: InodeRange { start: 10, end: 20 } }, vec![]);
-        let batch = tokio::time::timeout(Duration::from_secs(30), batches.recv()).await.expect("written").expect("batch");
+        let batch =
+            tokio::time::timeout(Duration::from_secs(30), batches.recv()).await.expect("written").expect("batch");
         assert_eq!(batch.last_seq, seq);
         assert_eq!(writer.durable_seq(), seq);
         stop.send_replace(true);

@@ -39,6 +39,37 @@ struct UnsafeBlock {
     ready_seq: Seq,
 }
 
+/// The newest journal position, and the newest one appended by anyone but its author: for
+/// any session, the last event another session made (what a read by it must wait for).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Authors {
+    last: Seq,
+    last_author: SessionId,
+    /// The newest position not appended by `last_author`.
+    last_by_others: Seq,
+}
+
+impl Authors {
+    /// `author` appended everything up to `seq` that is not recorded yet.
+    pub fn record(&mut self, seq: Seq, author: SessionId) {
+        if author != self.last_author {
+            self.last_by_others = self.last;
+            self.last_author = author;
+        }
+        self.last = seq;
+    }
+
+    /// The newest position appended by a session other than `reader` (0: none; session 0,
+    /// the MDS itself, counts as another session for every reader).
+    pub fn last_not_by(&self, reader: SessionId) -> Seq {
+        if reader == self.last_author && reader != 0 {
+            self.last_by_others
+        } else {
+            self.last
+        }
+    }
+}
+
 /// What a replay did.
 #[derive(Debug, Default)]
 pub struct ReplaySummary {
@@ -61,6 +92,8 @@ pub struct Mds {
     namespace: RwLock<Namespace>,
     /// Taken only under the namespace write lock.
     unsafe_block: Mutex<UnsafeBlock>,
+    /// Who appended the latest events (updated under the namespace write lock).
+    authors: Mutex<Authors>,
     /// The process's start time (ns): clients learn from a change that unsafe records not
     /// yet durable may have been lost, and replay them; a later start has a larger value.
     pub incarnation: u64,
@@ -92,6 +125,7 @@ impl Mds {
         Mds {
             namespace: RwLock::new(namespace),
             unsafe_block: Mutex::new(UnsafeBlock::default()),
+            authors: Mutex::new(Authors::default()),
             incarnation: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |since| since.as_nanos() as u64),
@@ -126,7 +160,9 @@ impl Mds {
         let (result, observed) = {
             let namespace = self.namespace.read().expect("namespace lock poisoned");
             let result = check_access(&namespace, origin, ino).and_then(|()| read(&namespace));
-            (result, self.journal.last_assigned())
+            // The reader's own changes need not be durable for it to see them (its early
+            // replies it replays itself); everyone else's must be.
+            (result, self.authors.lock().expect("authors lock poisoned").last_not_by(origin))
         };
         if observed > self.journal.durable_seq() {
             self.journal.wait_durable(observed).await.map_err(NsError::Io)?;
@@ -171,6 +207,7 @@ impl Mds {
                 let reservation = Event::AllocateInodes { owner: 0, range };
                 let reserved = namespace.apply(&reservation)?;
                 let ready_seq = self.journal.append(reservation, namespace.store_ops(&reserved));
+                self.authors.lock().expect("authors lock poisoned").record(ready_seq, origin);
                 *block = UnsafeBlock { next: range.start, end: range.end, ready_seq };
                 reply_early = false;
             }
@@ -189,6 +226,7 @@ impl Mds {
             let changes = namespace.store_ops(&touched);
             let unsafe_event = reply_early.then(|| event.clone());
             let seq = self.journal.append(event, changes);
+            self.authors.lock().expect("authors lock poisoned").record(seq, origin);
             (seq, touched, result, replica_plan, unsafe_event)
         };
         metrics::gauge!(metrics_names::INODES).set(self.inode_count() as f64);
@@ -262,7 +300,9 @@ impl Mds {
                 return Ok(summary);
             }
             let replica_plan = self.replicas.plan(&namespace, &touched, group.iter().map(|(event, _)| event));
-            (self.journal.append_group(group), touched, replica_plan)
+            let seq = self.journal.append_group(group);
+            self.authors.lock().expect("authors lock poisoned").record(seq, origin);
+            (seq, touched, replica_plan)
         };
         if summary.failed > 0 {
             tracing::warn!(origin, failed = summary.failed, reasons = ?summary.failures, "replayed records refused");
@@ -330,6 +370,11 @@ impl Mds {
                 tracing::warn!(session, %error, "closing an expired session failed");
             }
         }
+    }
+
+    /// Return once every event appended so far is durable (fsync).
+    pub async fn wait_all_durable(&self) -> NsResult<()> {
+        self.journal.wait_durable(self.journal.last_assigned()).await.map_err(NsError::Io)
     }
 
     pub fn inode_count(&self) -> u64 {
@@ -539,6 +584,7 @@ impl Mds {
             }
             let replica_plan = self.replicas.plan(&namespace, &touched, group.iter().map(|(event, _)| event));
             let seq = self.journal.append_group(group);
+            self.authors.lock().expect("authors lock poisoned").record(seq, origin);
             (seq, touched, summary, replica_plan)
         };
         let applied_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -575,5 +621,27 @@ fn subtree_cache_keys(namespace: &Namespace, root: Ino) -> (Vec<Ino>, Vec<(Ino, 
 fn push_reason(summary: &mut MergeSummary, record: &cudele_journal::Record, reason: &str) {
     if summary.skip_reasons.len() < MERGE_SKIP_REASONS_REPORTED_MAX {
         summary.skip_reasons.push(format!("event {} ({}): {reason}", record.seq, record.event.kind_name()));
+    }
+}
+
+#[cfg(test)]
+mod authors_tests {
+    use super::Authors;
+
+    #[test]
+    fn a_reader_waits_for_everyone_else_s_latest_event_only() {
+        let mut authors = Authors::default();
+        authors.record(1, 7);
+        authors.record(2, 7);
+        assert_eq!(authors.last_not_by(7), 0, "only 7's own events");
+        assert_eq!(authors.last_not_by(8), 2);
+        authors.record(3, 8);
+        assert_eq!(authors.last_not_by(7), 3);
+        assert_eq!(authors.last_not_by(8), 2);
+        authors.record(5, 8); // a group 4..=5
+        assert_eq!(authors.last_not_by(8), 2);
+        authors.record(6, 0);
+        assert_eq!(authors.last_not_by(0), 6, "session 0 waits for everything");
+        assert_eq!(authors.last_not_by(8), 6);
     }
 }

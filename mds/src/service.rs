@@ -533,9 +533,10 @@ impl mds_server::Mds for MdsService {
         let origin = session_of(&self.mds, &request)?;
         let ino = request.into_inner().ino;
         instrumented(&self.mds, "fsync", async {
-            // Every acknowledged change is already durable; this waits for anything the
-            // inode's state could depend on that is still in flight.
-            self.mds.read(origin, ino, |namespace| namespace.getattr(ino).map(|_| pb::Empty {})).await
+            // Changes acknowledged early (this session's creates) and anything else the
+            // inode's state could depend on that is still in flight: wait for all of it.
+            self.mds.read(origin, ino, |namespace| namespace.getattr(ino).map(|_| pb::Empty {})).await?;
+            self.mds.wait_all_durable().await.map(|()| pb::Empty {})
         })
         .await
     }

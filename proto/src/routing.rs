@@ -10,11 +10,12 @@
 //! `Coordinator.ListDeployments` and is refreshed every [`RoutingOptions::refresh_interval`]
 //! and soon after a failure.
 //!
-//! The reader is plain async Rust over tonic with no RocksDB or FUSE dependency, so the FUSE
-//! client's replica-routed `Metadata` implementation can wrap it: call [`RoutedReader::lookup`]
-//! with the parent, [`RoutedReader::getattr`] with the inode's home when known (the `home` of
-//! an earlier reply; the parent it was looked up in is a fine guess), and
-//! [`RoutedReader::readdir`] with the directory; writes keep going to the MDS.
+//! The reader is plain async Rust over tonic with no RocksDB or FUSE dependency: call
+//! [`RoutedReader::lookup`] with the parent, [`RoutedReader::getattr`] with the inode's home
+//! when known (the `home` of an earlier reply; the parent it was looked up in is a fine
+//! guess), and [`RoutedReader::readdir`] with the directory; writes keep going to the MDS.
+//! The FUSE client (`cudele_client::metadata::replica_reads`) uses the `try_` variants,
+//! which leave the MDS fallback to the caller (its own session, retries and EBUSY rules).
 
 use crate::auth::{AUTHORIZATION_HEADER, SESSION_HEADER};
 use crate::partition::deployment_of;
@@ -384,6 +385,19 @@ impl RoutedReader {
 
     /// lookup(2) of `name` in `parent`.
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<RoutedAttr, Status> {
+        if let Some(answer) = self.try_lookup(parent, name).await {
+            return answer;
+        }
+        self.stats.mds_fallbacks.fetch_add(1, Ordering::Relaxed);
+        let request = pb::EntryRequest { parent, name: name.to_vec() };
+        let reply = self.mds.clone().lookup(request).await?.into_inner();
+        let attr = reply.attr.ok_or_else(|| Status::internal("MDS reply without attributes"))?;
+        Ok(RoutedAttr { attr, home: None, source: ReadSource::Mds })
+    }
+
+    /// [`RoutedReader::lookup`] from replicas only: None when no instance answered (none
+    /// listed, or every attempt failed), and the caller reads from the MDS its own way.
+    pub async fn try_lookup(&self, parent: u64, name: &[u8]) -> Option<Result<RoutedAttr, Status>> {
         let request = pb::EntryRequest { parent, name: name.to_vec() };
         let attempt = self
             .on_replicas(parent, |mut client| {
@@ -391,49 +405,64 @@ impl RoutedReader {
                 async move { client.lookup(request).await }
             })
             .await;
-        match attempt {
-            Attempt::Answered(reply, instance) => {
-                let reply = reply?.into_inner();
-                let cached = reply.source == replica_pb::Source::Cache as i32;
-                self.count_answer(cached);
-                let attr = reply.attr.ok_or_else(|| Status::internal("replica reply without attributes"))?;
-                Ok(RoutedAttr { attr, home: Some(reply.home), source: ReadSource::Replica { instance, cached } })
-            }
-            Attempt::Exhausted => {
-                self.stats.mds_fallbacks.fetch_add(1, Ordering::Relaxed);
-                let reply = self.mds.clone().lookup(request).await?.into_inner();
-                let attr = reply.attr.ok_or_else(|| Status::internal("MDS reply without attributes"))?;
-                Ok(RoutedAttr { attr, home: None, source: ReadSource::Mds })
-            }
-        }
+        self.routed_attr(attempt)
     }
 
     /// getattr of `ino`, routed by `home` (the directory it lives in) when known, else by the
     /// inode itself (which is its own home only for the root; such a read is correct but
     /// usually not cached).
     pub async fn getattr(&self, ino: u64, home: Option<u64>) -> Result<RoutedAttr, Status> {
+        if let Some(answer) = self.try_getattr(ino, home).await {
+            return answer;
+        }
+        self.stats.mds_fallbacks.fetch_add(1, Ordering::Relaxed);
+        let reply = self.mds.clone().get_attr(pb::InoRequest { ino }).await?.into_inner();
+        let attr = reply.attr.ok_or_else(|| Status::internal("MDS reply without attributes"))?;
+        Ok(RoutedAttr { attr, home: None, source: ReadSource::Mds })
+    }
+
+    /// [`RoutedReader::getattr`] from replicas only (None: read from the MDS).
+    pub async fn try_getattr(&self, ino: u64, home: Option<u64>) -> Option<Result<RoutedAttr, Status>> {
         let request = pb::InoRequest { ino };
         let attempt =
             self.on_replicas(home.unwrap_or(ino), |mut client| async move { client.get_attr(request).await }).await;
-        match attempt {
-            Attempt::Answered(reply, instance) => {
-                let reply = reply?.into_inner();
-                let cached = reply.source == replica_pb::Source::Cache as i32;
-                self.count_answer(cached);
-                let attr = reply.attr.ok_or_else(|| Status::internal("replica reply without attributes"))?;
-                Ok(RoutedAttr { attr, home: Some(reply.home), source: ReadSource::Replica { instance, cached } })
-            }
-            Attempt::Exhausted => {
-                self.stats.mds_fallbacks.fetch_add(1, Ordering::Relaxed);
-                let reply = self.mds.clone().get_attr(request).await?.into_inner();
-                let attr = reply.attr.ok_or_else(|| Status::internal("MDS reply without attributes"))?;
-                Ok(RoutedAttr { attr, home: None, source: ReadSource::Mds })
-            }
-        }
+        self.routed_attr(attempt)
+    }
+
+    fn routed_attr(
+        &self,
+        attempt: Attempt<tonic::Response<replica_pb::ReplicaAttrReply>>,
+    ) -> Option<Result<RoutedAttr, Status>> {
+        let Attempt::Answered(reply, instance) = attempt else { return None };
+        let answer = reply.and_then(|reply| {
+            let reply = reply.into_inner();
+            let cached = reply.source == replica_pb::Source::Cache as i32;
+            self.count_answer(cached);
+            let attr = reply.attr.ok_or_else(|| Status::internal("replica reply without attributes"))?;
+            Ok(RoutedAttr { attr, home: Some(reply.home), source: ReadSource::Replica { instance, cached } })
+        });
+        Some(answer)
     }
 
     /// One readdir page of `ino`: up to `limit` entries after the name `after`.
     pub async fn readdir(&self, ino: u64, after: &[u8], limit: u32, plus: bool) -> Result<RoutedPage, Status> {
+        if let Some(answer) = self.try_readdir(ino, after, limit, plus).await {
+            return answer;
+        }
+        self.stats.mds_fallbacks.fetch_add(1, Ordering::Relaxed);
+        let request = pb::ReaddirRequest { ino, after: after.to_vec(), limit, plus };
+        let reply = self.mds.clone().readdir(request).await?.into_inner();
+        Ok(RoutedPage { entries: reply.entries, end: reply.end, source: ReadSource::Mds })
+    }
+
+    /// [`RoutedReader::readdir`] from replicas only (None: read from the MDS).
+    pub async fn try_readdir(
+        &self,
+        ino: u64,
+        after: &[u8],
+        limit: u32,
+        plus: bool,
+    ) -> Option<Result<RoutedPage, Status>> {
         let request = pb::ReaddirRequest { ino, after: after.to_vec(), limit, plus };
         let attempt = self
             .on_replicas(ino, |mut client| {
@@ -441,23 +470,13 @@ impl RoutedReader {
                 async move { client.readdir(request).await }
             })
             .await;
-        match attempt {
-            Attempt::Answered(reply, instance) => {
-                let reply = reply?.into_inner();
-                let cached = reply.source == replica_pb::Source::Cache as i32;
-                self.count_answer(cached);
-                Ok(RoutedPage {
-                    entries: reply.entries,
-                    end: reply.end,
-                    source: ReadSource::Replica { instance, cached },
-                })
-            }
-            Attempt::Exhausted => {
-                self.stats.mds_fallbacks.fetch_add(1, Ordering::Relaxed);
-                let reply = self.mds.clone().readdir(request).await?.into_inner();
-                Ok(RoutedPage { entries: reply.entries, end: reply.end, source: ReadSource::Mds })
-            }
-        }
+        let Attempt::Answered(reply, instance) = attempt else { return None };
+        Some(reply.map(|reply| {
+            let reply = reply.into_inner();
+            let cached = reply.source == replica_pb::Source::Cache as i32;
+            self.count_answer(cached);
+            RoutedPage { entries: reply.entries, end: reply.end, source: ReadSource::Replica { instance, cached } }
+        }))
     }
 
     /// Whether a status is a failure worth reporting as EIO rather than an errno answer.

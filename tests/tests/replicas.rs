@@ -2,14 +2,16 @@
 //! through replicas under concurrent writers, failover when an instance is killed with
 //! SIGKILL, and the autoscaler scaling up under load and back down when idle.
 //!
-//! Readers use `cudele_proto::routing::RoutedReader`, the routing client the FUSE client is
-//! meant to wrap; writers use ordinary MDS sessions.
+//! Most readers use `cudele_proto::routing::RoutedReader`, the routing client the FUSE client
+//! wraps; writers use ordinary MDS sessions. The mount tests at the end read through real FUSE
+//! mounts (`cudele mount`), whose cache misses go to the replicas.
 
-use cudele_e2e::{errno_of, wait_until, Api, MdsProcess};
+use cudele_e2e::{cudele, errno_of, fuse_available, poll_until, wait_until, Api, MdsProcess, Mount};
 use cudele_proto::replica_pb::coordinator_client::CoordinatorClient;
 use cudele_proto::replica_pb::DeploymentsReply;
 use cudele_proto::routing::{ReadSource, RoutedReader, RoutingOptions};
 use cudele_proto::{pb, replica_pb};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -382,4 +384,341 @@ async fn without_replicas_reads_go_to_the_mds() {
     let missing = routed.lookup(1, b"nope").await.expect_err("missing");
     assert_eq!(errno_of(&missing), libc::ENOENT);
     assert_eq!(deployments(&mds).await.deployments, 0);
+}
+
+// ----- Through real mounts -----
+
+/// `cudele status --server ADDRESS --json`, parsed.
+fn status_json(server: std::net::SocketAddr) -> serde_json::Value {
+    let output = cudele(["status".to_string(), "--server".to_string(), server.to_string(), "--json".to_string()])
+        .expect("run cudele status")
+        .expect_success("cudele status --json");
+    serde_json::from_str(&output.stdout).expect("status is JSON")
+}
+
+/// A replica counter summed over deployments, from `cudele status --json`.
+fn replica_counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["replicas"]["list"].as_array().map(|list| list.iter().filter_map(|d| d[name].as_u64()).sum()).unwrap_or(0)
+}
+
+/// The errno of a failed file operation (None: it succeeded).
+fn errno<T>(result: std::io::Result<T>) -> Option<i32> {
+    result.err().map(|error| error.raw_os_error().unwrap_or(-1))
+}
+
+/// The names in `directory`, sorted.
+fn names_in(directory: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut names = std::fs::read_dir(directory)?
+        .map(|entry| entry.map(|entry| entry.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<Vec<String>>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// Two mounts of an MDS with replicas: one creates, chmods, truncates, unlinks and renames
+/// while the other reads through its mount, whose cache misses go to the replicas. No read
+/// returns a state older than a write acknowledged (its system call returned) before the
+/// read began; and the replicas did serve the mounts, hits included.
+#[test]
+fn mounts_read_through_replicas_without_stale_reads() {
+    if !fuse_available() {
+        eprintln!("skipping: /dev/fuse is not usable here");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mds = MdsProcess::start(
+        &root.path().join("mds"),
+        &[
+            "--replica-deployments",
+            "2",
+            "--replica-min",
+            "1",
+            "--replica-max",
+            "2",
+            "--replica-target-concurrency",
+            "1",
+            "--replica-cooldown-ms",
+            "300",
+            "--replica-idle-ms",
+            "1500",
+            "--replica-autoscale-interval-ms",
+            "100",
+            "--replica-lease-ms",
+            "2000",
+        ],
+    )
+    .expect("start mds");
+    assert!(runtime.block_on(wait_for_instances(&mds, 1)), "instances did not come up");
+    let writer = Mount::start(mds.address, &root.path().join("w"), &root.path().join("wj"), "").expect("mount w");
+    let reader = Mount::start(mds.address, &root.path().join("r"), &root.path().join("rj"), "").expect("mount r");
+
+    const VERSIONS: u64 = 60;
+    let work = writer.path("work");
+    std::fs::create_dir(&work).expect("mkdir work");
+    std::fs::File::create(work.join("size")).expect("create size");
+    for number in 0..=VERSIONS + 1 {
+        std::fs::File::create(work.join(format!("d{number}"))).expect("create deletable");
+    }
+    std::fs::create_dir(work.join("r0")).expect("mkdir r0");
+    std::fs::File::create(work.join("r0/inside")).expect("create inside");
+
+    let progress = Arc::new(Progress::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let read_work = reader.path("work");
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let (progress, done, violations, work) =
+            (progress.clone(), done.clone(), violations.clone(), read_work.clone());
+        readers.push(std::thread::spawn(move || {
+            let mut rounds = 0u64;
+            let flag = |what: String| violations.lock().expect("violations").push(what);
+            loop {
+                // Read the last state once more after the writer finished.
+                let last = done.load(Ordering::Acquire);
+                let seen = progress.acknowledged.load(Ordering::Acquire);
+                match std::fs::metadata(work.join("size")) {
+                    Ok(metadata) if metadata.len() < seen => {
+                        flag(format!("size {} < acknowledged {seen}", metadata.len()))
+                    }
+                    Ok(_) => {}
+                    Err(error) => flag(format!("stat size: {error}")),
+                }
+                if seen >= 1 {
+                    match std::fs::metadata(work.join(format!("c{seen}"))) {
+                        Ok(metadata) if metadata.mode() & 0o777 != 0o640 => {
+                            flag(format!("c{seen} has mode {:o} after the acknowledged chmod", metadata.mode()))
+                        }
+                        Ok(_) => {}
+                        Err(error) => flag(format!("c{seen} acknowledged, stat: {error}")),
+                    }
+                    match errno(std::fs::metadata(work.join(format!("d{seen}")))) {
+                        Some(libc::ENOENT) => {}
+                        other => flag(format!("d{seen} unlinked (acknowledged), stat gave errno {other:?}")),
+                    }
+                    if let Err(error) = std::fs::metadata(work.join(format!("r{seen}/inside"))) {
+                        if progress.started.load(Ordering::Acquire) <= seen {
+                            flag(format!("r{seen}/inside: renamed (acknowledged), no later rename: {error}"));
+                        }
+                    }
+                    match names_in(&work) {
+                        Ok(names) => {
+                            if !names.contains(&format!("c{seen}")) {
+                                flag(format!("readdir misses c{seen}"));
+                            }
+                            if names.contains(&format!("d{seen}")) {
+                                flag(format!("readdir still lists d{seen}"));
+                            }
+                        }
+                        Err(error) => flag(format!("readdir: {error}")),
+                    }
+                }
+                rounds += 1;
+                if last {
+                    return rounds;
+                }
+            }
+        }));
+    }
+
+    for version in 1..=VERSIONS {
+        progress.started.store(version, Ordering::Release);
+        let size = std::fs::OpenOptions::new().write(true).open(work.join("size")).expect("open size");
+        size.set_len(version).expect("truncate size");
+        drop(size);
+        let created = work.join(format!("c{version}"));
+        std::fs::File::create(&created).expect("create");
+        std::fs::set_permissions(&created, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        std::fs::remove_file(work.join(format!("d{version}"))).expect("unlink");
+        std::fs::rename(work.join(format!("r{}", version - 1)), work.join(format!("r{version}"))).expect("rename");
+        progress.acknowledged.store(version, Ordering::Release);
+    }
+    done.store(true, Ordering::Release);
+    let rounds: u64 = readers.into_iter().map(|reader| reader.join().expect("reader")).sum();
+    let violations = violations.lock().expect("violations").clone();
+    assert!(
+        violations.is_empty(),
+        "{} stale or failed reads in {rounds} rounds, first: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(10)]
+    );
+    // Listing the same directory twice: the second page comes from a replica's cache.
+    for _ in 0..3 {
+        names_in(&read_work).expect("readdir");
+    }
+    // Instances report their counters with each heartbeat.
+    let mut status = status_json(mds.address);
+    let served = poll_until(Duration::from_secs(10), || {
+        status = status_json(mds.address);
+        replica_counter(&status, "hits") > 0 && replica_counter(&status, "misses") > 0
+    });
+    eprintln!("{rounds} reader rounds; replicas: {}", status["replicas"]);
+    assert!(served, "the replicas served no read of the mounts: {}", status["replicas"]);
+}
+
+/// SIGKILL of a replica instance while a mount reads through the replicas (another client
+/// keeps writing, so the mount's cache keeps missing): no error reaches the application.
+#[test]
+fn killing_a_replica_under_a_mount_fails_no_read() {
+    if !fuse_available() {
+        eprintln!("skipping: /dev/fuse is not usable here");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mds = MdsProcess::start(
+        &root.path().join("mds"),
+        &[
+            "--replica-deployments",
+            "1",
+            "--replica-min",
+            "2",
+            "--replica-max",
+            "2",
+            "--replica-lease-ms",
+            "1500",
+            "--replica-ack-timeout-ms",
+            "300",
+        ],
+    )
+    .expect("start mds");
+    assert!(runtime.block_on(wait_for_instances(&mds, 2)), "instances did not come up");
+    let files = runtime.block_on(async {
+        let mut api = Api::open(mds.address, None, "setup").await.expect("session");
+        let work = api.mkdir(1, "work", 0o755).await.expect("mkdir").ino;
+        let mut files = Vec::new();
+        for number in 0..20 {
+            files.push(api.create(work, format!("f{number}"), 0o644).await.expect("create").ino);
+        }
+        files
+    });
+    let mount = Mount::start(mds.address, &root.path().join("m"), &root.path().join("mj"), "").expect("mount");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
+    let served_after_kill = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut readers = Vec::new();
+    for reader_index in 0..3usize {
+        let (stop, killed, served_after_kill, failures) =
+            (stop.clone(), killed.clone(), served_after_kill.clone(), failures.clone());
+        let directory = mount.path("work");
+        readers.push(std::thread::spawn(move || {
+            let mut round = reader_index;
+            while !stop.load(Ordering::Acquire) {
+                round += 1;
+                let results = [
+                    std::fs::metadata(directory.join(format!("f{}", round % 20))).map(|_| ()),
+                    names_in(&directory).map(|_| ()),
+                ];
+                for result in results {
+                    match result {
+                        Ok(()) if killed.load(Ordering::Acquire) => {
+                            served_after_kill.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(()) => {}
+                        Err(error) => failures.lock().expect("failures").push(error.to_string()),
+                    }
+                }
+            }
+        }));
+    }
+    // The writer invalidates what the mount cached, so its reads keep going to replicas.
+    let writer = {
+        let (stop, files, address) = (stop.clone(), files.clone(), mds.address);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            runtime.block_on(async {
+                let mut api = Api::open(address, None, "writer").await.expect("writer session");
+                let mut size = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    size += 1;
+                    let ino = files[(size % files.len() as u64) as usize];
+                    let request = pb::SetAttrRequest { ino, size: Some(size), ..Default::default() };
+                    api.setattr(request).await.expect("setattr");
+                }
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let before_kill = status_json(mds.address);
+    let victim = live_instances(&runtime.block_on(deployments(&mds))).first().cloned().expect("an instance");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9 the instance");
+    killed.store(true, Ordering::Release);
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Release);
+    for reader in readers {
+        reader.join().expect("reader");
+    }
+    writer.join().expect("writer");
+    let failures = failures.lock().expect("failures").clone();
+    assert!(failures.is_empty(), "{} reads failed, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(served_after_kill.load(Ordering::Relaxed) > 0, "no read completed after the kill");
+    // Instances report their counters with each heartbeat (the victim's last report counts).
+    let mut status = status_json(mds.address);
+    let served = poll_until(Duration::from_secs(10), || {
+        status = status_json(mds.address);
+        replica_counter(&status, "requests") > 0
+    });
+    assert!(served, "the mount's reads did not reach the replicas: {}", status["replicas"]);
+    eprintln!(
+        "{} reads after the kill; replicas before it: {}; after: {}",
+        served_after_kill.load(Ordering::Relaxed),
+        before_kill["replicas"],
+        status["replicas"]
+    );
+}
+
+/// Inside a subtree another mount decoupled with `interfere_policy: block`, reads through
+/// replicas are EBUSY, exactly as without replicas; the owner keeps working in it; after the
+/// recouple the other mount reads what the owner wrote.
+#[test]
+fn blocking_decoupled_subtree_is_busy_through_replicas() {
+    if !fuse_available() {
+        eprintln!("skipping: /dev/fuse is not usable here");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mds = MdsProcess::start(
+        &root.path().join("mds"),
+        &["--replica-deployments", "2", "--replica-min", "1", "--replica-max", "1"],
+    )
+    .expect("start mds");
+    assert!(runtime.block_on(wait_for_instances(&mds, 1)), "instances did not come up");
+    let a = Mount::start(mds.address, &root.path().join("a"), &root.path().join("aj"), "").expect("mount a");
+    let b = Mount::start(mds.address, &root.path().join("b"), &root.path().join("bj"), "").expect("mount b");
+    let (a_dir, b_dir) = (a.path("d"), b.path("d"));
+    std::fs::create_dir(&a_dir).expect("mkdir d");
+    std::fs::write(a_dir.join("old"), "old\n").expect("write old");
+    std::fs::create_dir(a_dir.join("sub")).expect("mkdir sub");
+    // B reads it all, so replicas (and B) have it cached before the decouple.
+    assert_eq!(names_in(&b_dir).expect("readdir d"), vec!["old".to_string(), "sub".to_string()]);
+    std::fs::metadata(b_dir.join("old")).expect("stat old");
+    std::fs::metadata(b_dir.join("sub")).expect("stat sub");
+
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/checkpoint.yml");
+    cudele(["decouple".as_ref(), a_dir.as_os_str(), "--policy".as_ref(), policy.as_os_str()])
+        .expect("run cudele decouple")
+        .expect_success("decouple");
+    assert_eq!(errno(std::fs::metadata(b_dir.join("old"))), Some(libc::EBUSY), "stat inside");
+    assert_eq!(errno(std::fs::metadata(b_dir.join("sub"))), Some(libc::EBUSY), "stat a directory inside");
+    assert_eq!(errno(names_in(&b_dir)), Some(libc::EBUSY), "readdir inside");
+    assert_eq!(errno(names_in(&b_dir.join("sub"))), Some(libc::EBUSY), "readdir below");
+    // The owner works on.
+    std::fs::metadata(a_dir.join("old")).expect("owner stats old");
+    std::fs::write(a_dir.join("new"), "new\n").expect("owner writes new");
+
+    cudele(["recouple".as_ref(), a_dir.as_os_str()]).expect("run cudele recouple").expect_success("recouple");
+    assert_eq!(std::fs::read_to_string(b_dir.join("new")).expect("read new after recouple"), "new\n");
+    assert_eq!(names_in(&b_dir).expect("readdir after recouple").len(), 3, "old, new and sub after the recouple");
+    // Instances report their counters with each heartbeat.
+    let mut status = status_json(mds.address);
+    let served = poll_until(Duration::from_secs(10), || {
+        status = status_json(mds.address);
+        replica_counter(&status, "requests") > 0
+    });
+    assert!(served, "no read went to a replica: {}", status["replicas"]);
 }

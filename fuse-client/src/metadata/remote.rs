@@ -14,7 +14,9 @@
 //! turned back into success (see `replayed`).
 
 use super::cache::{CacheGeneration, CachedEntry, MetadataCache};
+use super::replica_reads::{self, ReplicaMode, ReplicaReads};
 use super::rpc::{classify, lazy_channel, next_backoff, Failure, Headers, MdsConnection};
+use super::unsafe_log::UnsafeLog;
 use super::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges, TimeChange};
 use crate::error::ClientError;
 use crate::runtime::Blocking;
@@ -55,6 +57,11 @@ pub struct RemoteOptions {
     pub client_name: String,
     pub outage_timeout: Duration,
     pub rpc_timeout: Duration,
+    /// Send cache-miss reads to the MDS's cache replicas (`replicas=` mount option).
+    pub replicas: ReplicaMode,
+    /// Let the MDS acknowledge creates before they are durable; we keep their records and
+    /// replay them if it restarts first (CephFS's unsafe replies). Off: every reply waits.
+    pub early_replies: bool,
 }
 
 impl RemoteOptions {
@@ -66,6 +73,8 @@ impl RemoteOptions {
             client_name: format!("{host}:{}", std::process::id()),
             outage_timeout: Duration::from_millis(OUTAGE_TIMEOUT_MS),
             rpc_timeout: Duration::from_millis(RPC_TIMEOUT_MS),
+            replicas: ReplicaMode::default(),
+            early_replies: true,
         }
     }
 }
@@ -86,6 +95,10 @@ struct Shared {
     cache: MetadataCache,
     /// Serialises session reopening across threads.
     reopen: tokio::sync::Mutex<()>,
+    /// Creates acknowledged early, until durable (replayed after an MDS restart).
+    unsafe_log: Mutex<UnsafeLog>,
+    /// Serialises replays.
+    replaying: tokio::sync::Mutex<()>,
     closed: AtomicBool,
 }
 
@@ -107,6 +120,8 @@ pub struct RemoteMetadata {
     runtime: Blocking,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where cache-miss reads go first (None: `replicas=off`).
+    replicas: Option<ReplicaReads>,
 }
 
 macro_rules! rpc {
@@ -125,7 +140,7 @@ impl RemoteMetadata {
     /// `options.outage_timeout` or refuses the token.
     pub fn connect(options: RemoteOptions, runtime: Blocking) -> Result<RemoteMetadata, ClientError> {
         let session = Arc::new(AtomicU64::new(0));
-        let headers = Headers::new(options.token.as_deref(), session.clone())?;
+        let headers = Headers::new(options.token.as_deref(), session.clone())?.with_early_reply(options.early_replies);
         let channel = {
             let _entered = runtime.handle().enter();
             lazy_channel(&options.address)?
@@ -143,6 +158,8 @@ impl RemoteMetadata {
             }),
             cache: MetadataCache::new(),
             reopen: tokio::sync::Mutex::new(()),
+            unsafe_log: Mutex::new(UnsafeLog::default()),
+            replaying: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
         });
         let address = shared.options.address.clone();
@@ -157,12 +174,14 @@ impl RemoteMetadata {
             NsError::Io(reason) => ClientError::Unreachable { address: address.clone(), reason },
             other => ClientError::Rejected { address: address.clone(), reason: other.to_string() },
         })?;
+        let options = &shared.options;
+        let replicas = replica_reads::start(options.replicas, &options.address, options.token.clone(), &runtime)?;
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let tasks = vec![
             runtime.spawn(run_subscriber(shared.clone(), shutdown_receiver.clone())),
             runtime.spawn(run_heartbeat(shared.clone(), shutdown_receiver)),
         ];
-        Ok(RemoteMetadata { shared, runtime, shutdown, tasks: Mutex::new(tasks) })
+        Ok(RemoteMetadata { shared, runtime, shutdown, tasks: Mutex::new(tasks), replicas })
     }
 
     /// Where file data lives, as the MDS told us at OpenSession.
@@ -202,6 +221,11 @@ impl RemoteMetadata {
     /// The coherent cache (for tests and statistics).
     pub fn cache(&self) -> &MetadataCache {
         &self.shared.cache
+    }
+
+    /// The replica read path (None with `replicas=off`), for tests and statistics.
+    pub fn replica_reads(&self) -> Option<&ReplicaReads> {
+        self.replicas.as_ref()
     }
 
     fn block_on<T>(&self, future: impl Future<Output = NsResult<T>>) -> NsResult<T> {
@@ -274,6 +298,9 @@ impl RemoteMetadata {
                 filler.attr(&with_new_entry(parent_attr, &attr));
             }
         });
+        if let Some(replicas) = &self.replicas {
+            replicas.note_home(attr.attr.ino, parent);
+        }
         Ok(attr)
     }
 }
@@ -304,15 +331,27 @@ where
     let mut backoff = Duration::from_millis(BACKOFF_INITIAL_MS);
     let mut resent = false;
     let mut reopens = 0;
+    let mut replayed = false;
     loop {
         let session_seen = shared.session.load(Ordering::Acquire);
         let status = match tokio::time::timeout(shared.options.rpc_timeout, send(shared.client.clone())).await {
-            Ok(Ok(response)) => return Ok(response.into_inner()),
+            Ok(Ok(response)) => {
+                observe_progress(shared, response.metadata()).await;
+                return Ok(response.into_inner());
+            }
             Ok(Err(status)) => status,
             Err(_) => tonic::Status::deadline_exceeded("no reply from the MDS in time"),
         };
         match classify(&status) {
-            Failure::Domain(error) => return Err(CallError { error, resent }),
+            Failure::Domain(error) => {
+                // A restarted MDS that lost our unsafe creates answers ENOENT (or EEXIST)
+                // about them until we replayed: replay, then ask once more.
+                if observe_progress(shared, status.metadata()).await && !replayed {
+                    replayed = true;
+                    continue;
+                }
+                return Err(CallError { error, resent });
+            }
             Failure::SessionLost(reason) => {
                 // Rejected before it ran (the session check precedes every operation), so
                 // a resend after reopening is safe.
@@ -334,6 +373,46 @@ where
                 backoff = next;
                 tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
             }
+        }
+    }
+}
+
+/// Take in a reply's durability progress; if the MDS restarted before creates it answered
+/// early were durable, replay them (once per batch, serialised). Returns whether it replayed.
+async fn observe_progress(shared: &Shared, metadata: &tonic::metadata::MetadataMap) -> bool {
+    let Some(progress) = cudele_proto::early::progress(metadata) else { return false };
+    if !lock(&shared.unsafe_log).observe(&progress) {
+        return false;
+    }
+    let _replaying = shared.replaying.lock().await;
+    let records = lock(&shared.unsafe_log).take_replay();
+    if records.is_empty() {
+        return true; // another thread replayed them meanwhile
+    }
+    let request = pb::ReplayRequest { records: records.iter().map(|(_, record)| record.clone()).collect() };
+    let mut client = shared.client.clone();
+    match tokio::time::timeout(shared.options.rpc_timeout, client.replay(request)).await {
+        Ok(Ok(reply)) => {
+            let reply = reply.into_inner();
+            tracing::info!(
+                applied = reply.applied,
+                already_applied = reply.already_applied,
+                failed = reply.failed,
+                "replayed creates the restarted MDS had acknowledged early"
+            );
+            for failure in &reply.failures {
+                tracing::warn!(%failure, "a create acknowledged before the MDS restarted is lost");
+            }
+            true
+        }
+        Ok(Err(status)) => {
+            tracing::warn!(%status, "replaying creates to the restarted MDS failed; will retry");
+            lock(&shared.unsafe_log).restore(records);
+            false
+        }
+        Err(_) => {
+            lock(&shared.unsafe_log).restore(records);
+            false
         }
     }
 }
@@ -484,7 +563,9 @@ async fn run_heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
         let mut client = shared.client.clone();
         let beat = tokio::time::timeout(shared.options.rpc_timeout, client.heartbeat(pb::Empty {}));
         match beat.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(reply)) => {
+                observe_progress(&shared, reply.metadata()).await;
+            }
             Ok(Err(status)) => match classify(&status) {
                 Failure::SessionLost(_) => {
                     if let Err(error) = reopen_session(&shared, session_seen).await {
@@ -517,7 +598,10 @@ impl Metadata for RemoteMetadata {
         let since = cache.generation();
         let shared = &self.shared;
         let result = self.block_on(async {
-            rpc!(shared, lookup, pb::EntryRequest { parent, name: name.to_vec() }).await.map_err(NsError::from)
+            let from_mds = async {
+                rpc!(shared, lookup, pb::EntryRequest { parent, name: name.to_vec() }).await.map_err(NsError::from)
+            };
+            replica_reads::lookup(self.replicas.as_ref(), parent, name, from_mds).await
         });
         match result {
             Ok(reply) => {
@@ -540,8 +624,10 @@ impl Metadata for RemoteMetadata {
         }
         let since = cache.generation();
         let shared = &self.shared;
-        let reply =
-            self.block_on(async { rpc!(shared, get_attr, pb::InoRequest { ino }).await.map_err(NsError::from) })?;
+        let reply = self.block_on(async {
+            let from_mds = async { rpc!(shared, get_attr, pb::InoRequest { ino }).await.map_err(NsError::from) };
+            replica_reads::getattr(self.replicas.as_ref(), ino, from_mds).await
+        })?;
         let attr = Self::attr_of(reply)?;
         cache.fill(since, |filler| filler.attr(&attr));
         Ok(attr)
@@ -767,7 +853,10 @@ impl Metadata for RemoteMetadata {
         let cache = &self.shared.cache;
         let since = cache.generation();
         let shared = &self.shared;
-        let reply = self.block_on(async { rpc!(shared, readdir, request).await.map_err(NsError::from) })?;
+        let reply = self.block_on(async {
+            let from_mds = async { rpc!(shared, readdir, request.clone()).await.map_err(NsError::from) };
+            replica_reads::readdir(self.replicas.as_ref(), &request, from_mds).await
+        })?;
         let mut entries = Vec::with_capacity(reply.entries.len());
         for entry in reply.entries {
             let attr = match entry.attr {
@@ -885,6 +974,15 @@ impl Metadata for RemoteMetadata {
                 Err(error)
             }
         }
+    }
+
+    fn attach_kernel_cache(&self, kernel: Arc<dyn super::KernelCache>) -> bool {
+        self.shared.cache.attach_kernel(kernel);
+        true
+    }
+
+    fn kernel_may_cache(&self) -> bool {
+        self.shared.cache.is_enabled()
     }
 
     fn fsync(&self, ino: Ino) -> NsResult<()> {

@@ -69,8 +69,9 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn deregister(&self, request: Request<replica_pb::DeregisterRequest>) -> Reply<pb::Empty> {
-        let instance = request.into_inner().instance;
-        if self.registry.deregister(instance).is_some() {
+        let request = request.into_inner();
+        let instance = request.instance;
+        if self.registry.deregister_reporting(instance, request.load).is_some() {
             tracing::info!(instance, "replica instance deregistered");
         }
         Ok(Response::new(pb::Empty {}))

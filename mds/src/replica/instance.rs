@@ -554,7 +554,7 @@ pub async fn run_instance(
     let _ = stop_lease.send(true);
     let instance = shared.membership().instance;
     let mut coordinator = shared.coordinator.clone();
-    let deregister = coordinator.deregister(replica_pb::DeregisterRequest { instance });
+    let deregister = coordinator.deregister(replica_pb::DeregisterRequest { instance, load: Some(shared.load()) });
     if tokio::time::timeout(DEREGISTER_TIMEOUT, deregister).await.is_err() {
         tracing::warn!("deregistering timed out; the MDS will expire the lease");
     }

@@ -13,6 +13,7 @@
 //! - [`autoscaler`]: starts and stops instances per deployment from the load they report.
 //! - [`cache`]: a replica's cache: admission by partition, invalidation, fill races.
 //! - [`instance`]: the replica process: the `Replica` gRPC service, fills, lease, limits.
+//! - [`status`]: the replica part of `Mds.Status` (instances, hits and misses per deployment).
 //! - [`wiring`]: building the MDS side from settings and attaching it to a running MDS.
 //!
 //! The partition function itself lives in `cudele_proto::partition` so that clients share it
@@ -26,4 +27,5 @@ pub mod instance;
 pub mod launcher;
 pub mod registry;
 pub mod settings;
+pub mod status;
 pub mod wiring;

@@ -17,6 +17,9 @@ pub type InstanceId = u64;
 
 /// Deployments that may wake one at a time (requests from clients that found no instance).
 const WAKE_REQUESTS_MAX: usize = 1024;
+/// Stopped instances whose last counters are kept one by one; past it they are folded into
+/// per-deployment sums.
+const RETIRED_INSTANCES_MAX: usize = 4096;
 
 /// One registered instance.
 #[derive(Clone, Debug)]
@@ -48,11 +51,78 @@ pub enum RegisterError {
     NoAddress,
 }
 
+/// Counters an instance reports (cumulative over its process's life), summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServedTotals {
+    pub requests: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub invalidations: u64,
+    pub rejected: u64,
+}
+
+impl ServedTotals {
+    fn of(load: &replica_pb::InstanceLoad) -> ServedTotals {
+        ServedTotals {
+            requests: load.requests_total,
+            hits: load.hits_total,
+            misses: load.misses_total,
+            invalidations: load.invalidations_total,
+            rejected: load.rejected_total,
+        }
+    }
+
+    fn add(&mut self, other: &ServedTotals) {
+        self.requests += other.requests;
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.invalidations += other.invalidations;
+        self.rejected += other.rejected;
+    }
+
+    fn max(self, other: ServedTotals) -> ServedTotals {
+        ServedTotals {
+            requests: self.requests.max(other.requests),
+            hits: self.hits.max(other.hits),
+            misses: self.misses.max(other.misses),
+            invalidations: self.invalidations.max(other.invalidations),
+            rejected: self.rejected.max(other.rejected),
+        }
+    }
+}
+
+/// One process, across its registrations (an instance that lost its registration registers
+/// again under a new id, and its counters go on from where they were).
+type ProcessKey = (u32, String, u32);
+
+fn process_key(instance: &Instance) -> ProcessKey {
+    (instance.deployment, instance.address.clone(), instance.pid)
+}
+
 struct RegistryState {
     instances: BTreeMap<InstanceId, Instance>,
     next_id: InstanceId,
     epoch: u64,
     wakes: Vec<u32>,
+    /// Last counters of processes with no live registration.
+    retired: BTreeMap<ProcessKey, ServedTotals>,
+    /// Per deployment: counters of retired processes folded away past [`RETIRED_INSTANCES_MAX`].
+    folded: BTreeMap<u32, ServedTotals>,
+    registrations: u64,
+}
+
+impl RegistryState {
+    /// An instance left: keep what it served.
+    fn retire(&mut self, instance: &Instance) {
+        if self.retired.len() >= RETIRED_INSTANCES_MAX {
+            for ((deployment, _, _), totals) in std::mem::take(&mut self.retired) {
+                self.folded.entry(deployment).or_default().add(&totals);
+            }
+        }
+        let totals = ServedTotals::of(&instance.load);
+        let kept = self.retired.entry(process_key(instance)).or_default();
+        *kept = kept.max(totals);
+    }
 }
 
 pub struct Registry {
@@ -68,7 +138,15 @@ impl Registry {
             deployments,
             lease,
             heartbeat_interval,
-            state: Mutex::new(RegistryState { instances: BTreeMap::new(), next_id: 1, epoch: 1, wakes: Vec::new() }),
+            state: Mutex::new(RegistryState {
+                instances: BTreeMap::new(),
+                next_id: 1,
+                epoch: 1,
+                wakes: Vec::new(),
+                retired: BTreeMap::new(),
+                folded: BTreeMap::new(),
+                registrations: 0,
+            }),
         }
     }
 
@@ -116,6 +194,7 @@ impl Registry {
         let id = state.next_id;
         state.next_id += 1;
         state.epoch += 1;
+        state.registrations += 1;
         let now = Instant::now();
         state.instances.insert(
             id,
@@ -151,12 +230,53 @@ impl Registry {
     }
 
     pub fn deregister(&self, id: InstanceId) -> Option<Instance> {
+        self.deregister_reporting(id, None)
+    }
+
+    /// Deregister with the instance's final load report (so nothing it served is lost).
+    pub fn deregister_reporting(&self, id: InstanceId, load: Option<replica_pb::InstanceLoad>) -> Option<Instance> {
         let mut state = self.lock();
-        let removed = state.instances.remove(&id);
-        if removed.is_some() {
+        let mut removed = state.instances.remove(&id);
+        if let Some(instance) = &mut removed {
+            if let Some(load) = load {
+                instance.load = load;
+            }
+            state.retire(instance);
             state.epoch += 1;
         }
         removed
+    }
+
+    /// What each deployment's instances served (hits, misses, ...), live and gone, as of
+    /// their last reports; indexed by deployment.
+    pub fn served_totals(&self) -> Vec<ServedTotals> {
+        let mut state = self.lock();
+        remove_lapsed(&mut state, Instant::now());
+        let mut totals = vec![ServedTotals::default(); self.deployments as usize];
+        let live: std::collections::BTreeSet<ProcessKey> = state.instances.values().map(process_key).collect();
+        let mut add = |deployment: u32, served: &ServedTotals| {
+            if let Some(sum) = totals.get_mut(deployment as usize) {
+                sum.add(served);
+            }
+        };
+        for (deployment, served) in &state.folded {
+            add(*deployment, served);
+        }
+        for (key, served) in &state.retired {
+            // A process registered again reports its whole life itself.
+            if !live.contains(key) {
+                add(key.0, served);
+            }
+        }
+        for instance in state.instances.values() {
+            add(instance.deployment, &ServedTotals::of(&instance.load));
+        }
+        totals
+    }
+
+    /// Registrations accepted since the MDS started.
+    pub fn registrations(&self) -> u64 {
+        self.lock().registrations
     }
 
     /// Remove an instance that failed to acknowledge an invalidation. Returns it, so the
@@ -222,6 +342,7 @@ fn remove_lapsed(state: &mut RegistryState, now: Instant) -> Vec<Instance> {
     for id in lapsed {
         if let Some(instance) = state.instances.remove(&id) {
             tracing::info!(instance = id, address = %instance.address, "replica instance lease expired");
+            state.retire(&instance);
             removed.push(instance);
         }
     }
@@ -263,5 +384,30 @@ mod tests {
         assert_eq!(registry.live_in(|deployment| deployment == 1).len(), 0);
         assert!(registry.declare_dead(id).is_some());
         assert!(!registry.heartbeat(id, None));
+    }
+
+    /// Served totals include instances that left, and a process that registers again is
+    /// counted once (its counters cover its whole life).
+    #[test]
+    fn served_totals_survive_departures_without_double_counting() {
+        let registry = Registry::new(2, Duration::from_secs(10), Duration::from_millis(100));
+        let load =
+            |hits, misses| replica_pb::InstanceLoad { hits_total: hits, misses_total: misses, ..Default::default() };
+        let first = registry.register(0, "a:1".into(), 10, 0).expect("register");
+        let other = registry.register(1, "b:1".into(), 11, 0).expect("register");
+        assert!(registry.heartbeat(first, Some(load(5, 1))));
+        assert!(registry.heartbeat(other, Some(load(2, 2))));
+        // Lost its registration, then came back as a new instance of the same process.
+        registry.declare_dead(first).expect("dead");
+        let again = registry.register(0, "a:1".into(), 10, 0).expect("register again");
+        assert!(registry.heartbeat(again, Some(load(9, 3))));
+        let totals = registry.served_totals();
+        assert_eq!((totals[0].hits, totals[0].misses), (9, 3));
+        assert_eq!((totals[1].hits, totals[1].misses), (2, 2));
+        // Stopped for good, with a final report.
+        registry.deregister_reporting(again, Some(load(12, 3))).expect("deregister");
+        let totals = registry.served_totals();
+        assert_eq!((totals[0].hits, totals[0].misses), (12, 3));
+        assert_eq!(registry.registrations(), 3);
     }
 }
