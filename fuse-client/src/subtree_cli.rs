@@ -68,12 +68,39 @@ pub fn decouple(directory: &Path, policy_file: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A spinner on stderr (hidden when stderr is not a terminal) for one long step.
+fn progress(message: String) -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    spinner.set_message(message);
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    spinner
+}
+
 pub fn merge(directory: &Path, recouple: bool) -> Result<(), String> {
     // Read the status first: after a recouple the subtree is gone from the mount.
     let before: serde_json::Value = serde_json::from_slice(&get_xattr(directory, STATUS_XATTR)?).unwrap_or_default();
-    set_xattr(directory, if recouple { RECOUPLE_XATTR } else { MERGE_XATTR }, b"")?;
     let unmerged = before.get("events_unmerged").and_then(|value| value.as_u64()).unwrap_or(0);
-    if recouple {
+    let invisible = before.get("cell").and_then(|cell| cell.as_str()).is_some_and(|cell| cell.starts_with("invisible"));
+    let action = match (recouple, invisible) {
+        (true, true) => "recoupling (invisible: nothing is merged)".to_string(),
+        (true, false) => format!("merging {unmerged} events and recoupling"),
+        (false, _) => format!("merging {unmerged} events"),
+    };
+    let spinner = progress(format!("{}: {action}", directory.display()));
+    let done = set_xattr(directory, if recouple { RECOUPLE_XATTR } else { MERGE_XATTR }, b"");
+    spinner.finish_and_clear();
+    done?;
+    if recouple && invisible {
+        println!(
+            "{}: recoupled; {unmerged} invisible events were not merged (their persisted journal waits for \
+             `cudele journal apply`)",
+            directory.display()
+        );
+    } else if recouple {
         println!("{}: merged {unmerged} events and recoupled", directory.display());
     } else {
         let after: serde_json::Value = serde_json::from_slice(&get_xattr(directory, STATUS_XATTR)?).unwrap_or_default();
@@ -172,10 +199,20 @@ pub fn journal_apply(
         Some(_) => request.journal_object = source.to_string(),
         None => request.journal = read_journal(source, None)?,
     }
+    let events = if request.journal.is_empty() {
+        "the journal object".to_string()
+    } else {
+        match inspect_segment(&request.journal) {
+            Ok((_, records)) => format!("{} events", records.len()),
+            Err(error) => return Err(format!("{source}: {error}")),
+        }
+    };
     let runtime = Blocking::new("cudele-journal").map_err(|error| error.to_string())?;
     let remote =
         RemoteMetadata::connect(RemoteOptions::new(server, token), runtime).map_err(|error| error.to_string())?;
+    let spinner = progress(format!("{source}: applying {events} to {}", directory.display()));
     let reply = remote.merge_subtree(request);
+    spinner.finish_and_clear();
     crate::metadata::Metadata::close(&remote);
     let reply = reply.map_err(|error| format!("merge into {}: {error}", directory.display()))?;
     println!(
