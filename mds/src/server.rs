@@ -290,7 +290,7 @@ impl Mds {
                 match applied {
                     Ok(event_touched) => {
                         summary.applied += 1;
-                        group.push((record.event, namespace.store_ops(&event_touched)));
+                        group.push(record.event);
                         touched.extend(&event_touched);
                     }
                     Err(error) => summary.fail(&record, &error.to_string()),
@@ -299,8 +299,8 @@ impl Mds {
             if group.is_empty() {
                 return Ok(summary);
             }
-            let replica_plan = self.replicas.plan(&namespace, &touched, group.iter().map(|(event, _)| event));
-            let seq = self.journal.append_group(group);
+            let replica_plan = self.replicas.plan(&namespace, &touched, group.iter());
+            let seq = self.journal.append_group(with_group_store_ops(&namespace, group, &[&touched]));
             self.authors.lock().expect("authors lock poisoned").record(seq, origin);
             (seq, touched, replica_plan)
         };
@@ -534,6 +534,7 @@ impl Mds {
             let mut expected = summary.merged_seq + 1;
             let mut group = Vec::new();
             let mut touched = cudele_namespace::Touched::default();
+            let mut marker_touched = cudele_namespace::Touched::default();
             for record in &records {
                 if record.seq < expected {
                     summary.already_merged += 1;
@@ -556,7 +557,7 @@ impl Mds {
                     cudele_namespace::MergeStep::Applied(applied) => {
                         summary.applied += 1;
                         for (event, event_touched) in applied {
-                            group.push((event, namespace.store_ops(&event_touched)));
+                            group.push(event);
                             touched.extend(&event_touched);
                         }
                     }
@@ -570,8 +571,8 @@ impl Mds {
             if through_seq > summary.merged_seq {
                 if let Some(owner) = owner {
                     let marker = Event::Merged { ino, owner, through_seq };
-                    let marker_touched = namespace.apply(&marker)?;
-                    group.push((marker, namespace.store_ops(&marker_touched)));
+                    marker_touched = namespace.apply(&marker)?;
+                    group.push(marker);
                 }
                 summary.merged_seq = through_seq;
             }
@@ -579,10 +580,11 @@ impl Mds {
             if recouple && owner.is_some() {
                 let event = Event::Recouple { ino };
                 let recouple_touched = namespace.apply(&event)?;
-                group.push((event, namespace.store_ops(&recouple_touched)));
+                group.push(event);
                 touched.extend(&recouple_touched);
             }
-            let replica_plan = self.replicas.plan(&namespace, &touched, group.iter().map(|(event, _)| event));
+            let replica_plan = self.replicas.plan(&namespace, &touched, group.iter());
+            let group = with_group_store_ops(&namespace, group, &[&touched, &marker_touched]);
             let seq = self.journal.append_group(group);
             self.authors.lock().expect("authors lock poisoned").record(seq, origin);
             (seq, touched, summary, replica_plan)
@@ -594,6 +596,30 @@ impl Mds {
         tracing::debug!(applied_ms, durable_ms, total_ms = started.elapsed().as_secs_f64() * 1e3, "merge phases");
         Ok(summary)
     }
+}
+
+/// The events of one atomic group with their store changes: computed once for everything
+/// the group touched and carried by its last event (a group is durable, and flushed to the
+/// metadata store, whole), instead of once per event — a merge of 100,000 creates in one
+/// directory would otherwise encode the directory's inode 100,000 times.
+fn with_group_store_ops(
+    namespace: &Namespace,
+    events: Vec<Event>,
+    touched: &[&cudele_namespace::Touched],
+) -> Vec<(Event, Vec<cudele_namespace::StoreOp>)> {
+    let count = events.len();
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| {
+            let changes = if index + 1 == count {
+                touched.iter().flat_map(|touched| namespace.store_ops(touched)).collect()
+            } else {
+                Vec::new()
+            };
+            (event, changes)
+        })
+        .collect()
 }
 
 /// Inodes (and, separately, directory entries) per invalidation sent when a blocking
