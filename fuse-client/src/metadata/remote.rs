@@ -184,6 +184,30 @@ impl RemoteMetadata {
         Ok(RemoteMetadata { shared, runtime, shutdown, tasks: Mutex::new(tasks), replicas })
     }
 
+    /// Unlink (or, with `directory`, rmdir) `parent/name` and update the cache.
+    fn remove_entry(&self, parent: Ino, name: &[u8], directory: bool) -> NsResult<()> {
+        let child = self.child_of(parent, name);
+        let cache = &self.shared.cache;
+        let since = cache.generation();
+        let shared = &self.shared;
+        let request = pb::EntryRequest { parent, name: name.to_vec() };
+        let result = self.block_on(async {
+            Ok(if directory { rpc!(shared, rmdir, request).await } else { rpc!(shared, unlink, request).await })
+        })?;
+        let inodes: Vec<Ino> = std::iter::once(parent).chain(child).collect();
+        match result {
+            // ENOENT on a resend: the first attempt removed it.
+            Ok(_) | Err(CallError { error: NsError::NotFound, resent: true }) => {
+                cache.local_change(since, &inodes, &[(parent, name)], |filler| filler.entry(parent, name, None));
+                Ok(())
+            }
+            Err(error) => {
+                cache.local_change(since, &inodes, &[(parent, name)], |_| {});
+                Err(error.into())
+            }
+        }
+    }
+
     /// Where file data lives, as the MDS told us at OpenSession.
     pub fn object_store_url(&self) -> String {
         lock(&self.shared.info).object_store_url.clone()
@@ -730,44 +754,11 @@ impl Metadata for RemoteMetadata {
     }
 
     fn unlink(&self, parent: Ino, name: &[u8]) -> NsResult<()> {
-        let child = self.child_of(parent, name);
-        let cache = &self.shared.cache;
-        let since = cache.generation();
-        let shared = &self.shared;
-        let request = pb::EntryRequest { parent, name: name.to_vec() };
-        let result = self.block_on(async { Ok(rpc!(shared, unlink, request).await) })?;
-        let inodes: Vec<Ino> = std::iter::once(parent).chain(child).collect();
-        match result {
-            // ENOENT on a resend: the first attempt removed it.
-            Ok(_) | Err(CallError { error: NsError::NotFound, resent: true }) => {
-                cache.local_change(since, &inodes, &[(parent, name)], |filler| filler.entry(parent, name, None));
-                Ok(())
-            }
-            Err(error) => {
-                cache.local_change(since, &inodes, &[(parent, name)], |_| {});
-                Err(error.into())
-            }
-        }
+        self.remove_entry(parent, name, false)
     }
 
     fn rmdir(&self, parent: Ino, name: &[u8]) -> NsResult<()> {
-        let child = self.child_of(parent, name);
-        let cache = &self.shared.cache;
-        let since = cache.generation();
-        let shared = &self.shared;
-        let request = pb::EntryRequest { parent, name: name.to_vec() };
-        let result = self.block_on(async { Ok(rpc!(shared, rmdir, request).await) })?;
-        let inodes: Vec<Ino> = std::iter::once(parent).chain(child).collect();
-        match result {
-            Ok(_) | Err(CallError { error: NsError::NotFound, resent: true }) => {
-                cache.local_change(since, &inodes, &[(parent, name)], |filler| filler.entry(parent, name, None));
-                Ok(())
-            }
-            Err(error) => {
-                cache.local_change(since, &inodes, &[(parent, name)], |_| {});
-                Err(error.into())
-            }
-        }
+        self.remove_entry(parent, name, true)
     }
 
     fn rename(
