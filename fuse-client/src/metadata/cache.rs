@@ -343,12 +343,12 @@ impl MetadataCache {
 
     /// Forget everything, keep caching (a decoupled subtree came back: what was cached
     /// from before it was decoupled is stale).
+    /// The kernel's caches are the caller's business: a merge changes nothing the mount
+    /// answers until the subtree is recoupled (see `SubtreeRouter::merge`).
     pub fn forget_all(&self) {
         let mut state = lock(&self.state);
         state.clear();
         state.generation += 1;
-        drop(state);
-        self.kernel_invalidate_all();
     }
 
     /// The push channel is down: forget everything and stop caching.

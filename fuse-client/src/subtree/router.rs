@@ -106,7 +106,7 @@ impl SubtreeRouter {
         }
     }
 
-    /// This mount's answers changed wholesale (a subtree was decoupled or given back).
+    /// This mount's answers changed wholesale (a subtree was given back).
     fn kernel_invalidate_all(&self) {
         if let Some(kernel) = self.kernel.get() {
             kernel.invalidate_all();
@@ -175,7 +175,7 @@ impl SubtreeRouter {
             ino,
             Arc::new(Mutex::new(Entry { subtree, last_merge: None, last_sync: std::time::Instant::now() })),
         );
-        self.kernel_invalidate_all();
+        // The kernel may keep what it cached: the local view starts as the MDS's state.
         Ok(())
     }
 
@@ -235,9 +235,11 @@ impl SubtreeRouter {
         drop(entry);
         if recouple {
             self.subtrees.write().expect("subtrees lock poisoned").remove(&root);
+            // What the kernel cached below the root came from the local view, which the
+            // MDS's state replaces now (other clients' changes under allow, nothing of an
+            // invisible subtree). A merge alone changes nothing this mount answers.
+            self.kernel_invalidate_all();
         }
-        // Whatever the kernel cached below the root came from the local view.
-        self.kernel_invalidate_all();
         Ok(outcome)
     }
 
