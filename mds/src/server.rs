@@ -160,6 +160,7 @@ impl Mds {
         let (result, observed) = {
             let namespace = self.namespace.read().expect("namespace lock poisoned");
             let result = check_access(&namespace, origin, ino).and_then(|()| read(&namespace));
+            self.sessions.note_interest(origin, [ino]);
             // The reader's own changes need not be durable for it to see them (its early
             // replies it replays itself); everyone else's must be.
             (result, self.authors.lock().expect("authors lock poisoned").last_not_by(origin))
@@ -216,6 +217,7 @@ impl Mds {
             cudele_namespace::validate_event(&event)?;
             check_interference(&namespace, origin, &event)?;
             let touched = namespace.apply(&event)?;
+            self.note_touched(origin, &touched);
             if touched.inodes().any(|ino| ino == new_ino) && new_ino == block.next {
                 block.next += 1;
             }
@@ -255,7 +257,10 @@ impl Mds {
         self.replicas.invalidate(replica_plan).await;
         let inodes: Vec<Ino> = touched.inodes().collect();
         let entries: Vec<(Ino, Vec<u8>)> = touched.dentries().cloned().collect();
-        let unresponsive = self.sessions.invalidate(origin, inodes, entries).await;
+        // Replicas serve reads the MDS does not see, so with replicas every session may cache
+        // anything.
+        let broadcast = self.replicas.registry().deployments() > 0;
+        let unresponsive = self.sessions.invalidate(origin, inodes, entries, broadcast).await;
         for session in unresponsive {
             tracing::warn!(session, "session did not acknowledge an invalidation in time; expiring it");
             self.expire_session(session).await;
@@ -299,6 +304,7 @@ impl Mds {
             if group.is_empty() {
                 return Ok(summary);
             }
+            self.note_touched(origin, &touched);
             let replica_plan = self.replicas.plan(&namespace, &touched, group.iter());
             let seq = self.journal.append_group(with_group_store_ops(&namespace, group, &[&touched]));
             self.authors.lock().expect("authors lock poisoned").record(seq, origin);
@@ -370,6 +376,19 @@ impl Mds {
                 tracing::warn!(session, %error, "closing an expired session failed");
             }
         }
+    }
+
+    /// `origin` learns (and may cache) what its change touched: the inodes and the
+    /// directories whose entries changed.
+    fn note_touched(&self, origin: SessionId, touched: &cudele_namespace::Touched) {
+        let directories = touched.dentries().map(|(parent, _)| *parent);
+        self.sessions.note_interest(origin, touched.inodes().chain(directories));
+    }
+
+    /// Inodes a read reveals beyond the one it names (a lookup's child, a listing's
+    /// entries): call from inside the read closure, under the namespace lock.
+    pub fn note_interest(&self, origin: SessionId, inodes: impl IntoIterator<Item = Ino>) {
+        self.sessions.note_interest(origin, inodes);
     }
 
     /// Return once every event appended so far is durable (fsync).
@@ -489,7 +508,7 @@ impl Mds {
         while inodes.peek().is_some() || entries.peek().is_some() {
             let inode_batch: Vec<Ino> = inodes.by_ref().take(INVALIDATION_BATCH_MAX).collect();
             let entry_batch: Vec<(Ino, Vec<u8>)> = entries.by_ref().take(INVALIDATION_BATCH_MAX).collect();
-            for session in self.sessions.invalidate(origin, inode_batch, entry_batch).await {
+            for session in self.sessions.invalidate(origin, inode_batch, entry_batch, true).await {
                 self.expire_session(session).await;
             }
         }
@@ -583,6 +602,7 @@ impl Mds {
                 group.push(event);
                 touched.extend(&recouple_touched);
             }
+            self.note_touched(origin, &touched);
             let replica_plan = self.replicas.plan(&namespace, &touched, group.iter());
             let group = with_group_store_ops(&namespace, group, &[&touched, &marker_touched]);
             let seq = self.journal.append_group(group);

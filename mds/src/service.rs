@@ -203,6 +203,7 @@ impl mds_server::Mds for MdsService {
             "lookup",
             self.mds.read(origin, request.parent, |namespace| {
                 let attr = namespace.lookup(request.parent, &request.name)?;
+                self.mds.note_interest(origin, [attr.ino]);
                 attr_reply(namespace, attr.ino)
             }),
         )
@@ -398,6 +399,7 @@ impl mds_server::Mds for MdsService {
                 let after = (!request.after.is_empty()).then_some(request.after.as_slice());
                 let entries = namespace.readdir(request.ino, after, limit + 1)?;
                 let end = entries.len() <= limit;
+                self.mds.note_interest(origin, entries.iter().take(limit).map(|entry| entry.ino));
                 let entries = entries
                     .into_iter()
                     .take(limit)

@@ -4,7 +4,7 @@
 use crate::metrics_names;
 use cudele_journal::{Ino, SessionId};
 use cudele_proto::pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,6 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Invalidation batches queued per subscriber before it counts as unresponsive.
 pub const SUBSCRIBER_QUEUE_LENGTH_MAX: usize = 1024;
+/// Inodes tracked per session as possibly cached there; past this the session gets every
+/// invalidation again (as if it cached everything).
+pub const INTEREST_INODES_MAX: usize = 1 << 22;
 
 pub type InvalidationSender = mpsc::Sender<Result<pb::Invalidation, tonic::Status>>;
 
@@ -20,6 +23,35 @@ struct LiveSession {
     lease_expires: Instant,
     subscriber: Option<InvalidationSender>,
     waiting_acks: HashMap<u64, oneshot::Sender<()>>,
+    /// What the session may cache (CephFS's capabilities, coarsely): every inode it was sent
+    /// attributes, entries or contents of since it subscribed. Recorded under the namespace
+    /// lock of the read or write that revealed it, so a write that follows is sure to see
+    /// it. Invalidations go only to sessions interested in what a write touched.
+    interest: Interest,
+}
+
+#[derive(Default)]
+struct Interest {
+    inodes: HashSet<Ino>,
+    /// Too many to track: the session may cache anything.
+    everything: bool,
+}
+
+impl Interest {
+    fn note(&mut self, inodes: impl IntoIterator<Item = Ino>) {
+        if self.everything {
+            return;
+        }
+        self.inodes.extend(inodes);
+        if self.inodes.len() > INTEREST_INODES_MAX {
+            self.inodes = HashSet::new();
+            self.everything = true;
+        }
+    }
+
+    fn covers(&self, ino: Ino) -> bool {
+        self.everything || self.inodes.contains(&ino)
+    }
 }
 
 pub struct Sessions {
@@ -48,8 +80,16 @@ impl Sessions {
     /// Start (or, after an MDS restart, resume) a session's lease.
     pub fn activate(&self, session: SessionId, client: String) {
         let lease_expires = Instant::now() + self.lease;
-        self.lock()
-            .insert(session, LiveSession { client, lease_expires, subscriber: None, waiting_acks: HashMap::new() });
+        self.lock().insert(
+            session,
+            LiveSession {
+                client,
+                lease_expires,
+                subscriber: None,
+                waiting_acks: HashMap::new(),
+                interest: Interest::default(),
+            },
+        );
         metrics::gauge!(metrics_names::SESSIONS).set(self.lock().len() as f64);
     }
 
@@ -85,6 +125,7 @@ impl Sessions {
         let entry = live.get_mut(&session)?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_QUEUE_LENGTH_MAX);
         entry.subscriber = Some(sender);
+        entry.interest = Interest::default();
         // A client (re)subscribes with an empty cache, so invalidations it was sent before
         // are satisfied: acknowledge them rather than leave their writers to time out.
         for (_, waiter) in entry.waiting_acks.drain() {
@@ -98,6 +139,17 @@ impl Sessions {
         for live in self.lock().values_mut() {
             live.subscriber = None;
             live.waiting_acks.clear();
+        }
+    }
+
+    /// `session` was sent what it may cache about `inodes` (call under the namespace lock
+    /// of the operation that revealed them).
+    pub fn note_interest(&self, session: SessionId, inodes: impl IntoIterator<Item = Ino>) {
+        if session == 0 {
+            return;
+        }
+        if let Some(live) = self.lock().get_mut(&session) {
+            live.interest.note(inodes);
         }
     }
 
@@ -122,14 +174,15 @@ impl Sessions {
         views
     }
 
-    /// Tell every subscribed session but `origin` to drop `inodes` and `entries`, and wait
-    /// for their acknowledgements. Returns the sessions that did not acknowledge in time;
+    /// Tell every subscribed session but `origin` to drop `inodes` and `entries` — those it
+    /// may cache, or all with `broadcast` — and wait for their acknowledgements. Returns the sessions that did not acknowledge in time;
     /// the caller expires them, since their caches can no longer be trusted.
     pub async fn invalidate(
         &self,
         origin: SessionId,
         inodes: Vec<Ino>,
         entries: Vec<(Ino, Vec<u8>)>,
+        broadcast: bool,
     ) -> Vec<SessionId> {
         if inodes.is_empty() && entries.is_empty() {
             return Vec::new();
@@ -143,15 +196,19 @@ impl Sessions {
                     continue;
                 }
                 let Some(subscriber) = &state.subscriber else { continue };
+                let interest = &state.interest;
+                let inodes: Vec<Ino> =
+                    inodes.iter().copied().filter(|ino| broadcast || interest.covers(*ino)).collect();
+                let entries: Vec<pb::EntryInvalidation> = entries
+                    .iter()
+                    .filter(|(parent, _)| broadcast || interest.covers(*parent))
+                    .map(|(parent, name)| pb::EntryInvalidation { parent: *parent, name: name.clone() })
+                    .collect();
+                if inodes.is_empty() && entries.is_empty() {
+                    continue; // it has nothing this write changed
+                }
                 let id = self.next_invalidation_id.fetch_add(1, Ordering::Relaxed);
-                let message = pb::Invalidation {
-                    id,
-                    inodes: inodes.clone(),
-                    entries: entries
-                        .iter()
-                        .map(|(parent, name)| pb::EntryInvalidation { parent: *parent, name: name.clone() })
-                        .collect(),
-                };
+                let message = pb::Invalidation { id, inodes, entries };
                 let (sender, receiver) = oneshot::channel();
                 if subscriber.try_send(Ok(message)).is_err() {
                     unresponsive.push(*session);

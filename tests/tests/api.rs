@@ -1048,13 +1048,13 @@ fn names_entry(invalidation: &pb::Invalidation, parent: u64, name: &str) -> bool
 }
 
 /// A subscriber receives an invalidation naming the parent and name (or the inode) of each
-/// create, chmod, rename and unlink by another client, and the writer's call returns only
-/// after the subscriber acknowledged (it holds each ack back ~300 ms).
+/// create, chmod, rename and unlink by another client in what it read, and the writer's call
+/// returns only after the subscriber acknowledged (it holds each ack back ~300 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_wait_for_invalidation_acknowledgements() {
     let server = server(&["--invalidation-ack-timeout-ms", "20000"]);
     let mut writer = client(&server, "writer").await;
-    let watcher = client(&server, "watcher").await;
+    let mut watcher = client(&server, "watcher").await;
     let heartbeat = keep_alive(&watcher);
     let mut stream = watcher.client.clone().subscribe(pb::Empty {}).await.unwrap().into_inner();
     let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -1068,11 +1068,15 @@ async fn writes_wait_for_invalidation_acknowledgements() {
         }
     });
 
+    // Invalidations go to sessions that may cache what a write changes: what they read.
+    assert_eq!(errno_of(&watcher.lookup(ROOT, "left").await.unwrap_err()), libc::ENOENT);
     let left = writer.mkdir(ROOT, "left", 0o755).await.unwrap().ino;
     let invalidation = next_invalidation(&mut received).await;
     assert!(names_entry(&invalidation, ROOT, "left"), "{invalidation:?}");
     let right = writer.mkdir(ROOT, "right", 0o755).await.unwrap().ino;
     next_invalidation(&mut received).await;
+    watcher.readdir_all(left, 100).await.unwrap();
+    watcher.readdir_all(right, 100).await.unwrap();
 
     let started = Instant::now();
     let file = writer.create(left, "f", 0o644).await.unwrap();
@@ -1081,6 +1085,7 @@ async fn writes_wait_for_invalidation_acknowledgements() {
     let invalidation = next_invalidation(&mut received).await;
     assert!(names_entry(&invalidation, left, "f"), "create: {invalidation:?}");
     assert!(invalidation.inodes.contains(&left), "create changes the parent: {invalidation:?}");
+    assert_eq!(watcher.lookup(left, "f").await.unwrap().ino, file.ino);
 
     let started = Instant::now();
     writer.setattr(pb::SetAttrRequest { mode: Some(0o600), ..setattr(file.ino) }).await.unwrap();
@@ -1114,6 +1119,32 @@ async fn writes_wait_for_invalidation_acknowledgements() {
     writer.checked_dump().await;
 }
 
+/// A write in a directory another session never read sends it nothing, so the writer does
+/// not wait for it (as CephFS revokes capabilities only from clients that hold them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_invalidated_only_for_what_they_read() {
+    let server = server(&["--invalidation-ack-timeout-ms", "20000"]);
+    let mut writer = client(&server, "writer").await;
+    let mut reader = client(&server, "reader").await;
+    let heartbeat = keep_alive(&reader);
+    let mut stream = reader.client.clone().subscribe(pb::Empty {}).await.unwrap().into_inner();
+    let private = writer.mkdir(ROOT, "private", 0o755).await.unwrap().ino;
+    let shared = writer.mkdir(ROOT, "shared", 0o755).await.unwrap().ino;
+    reader.readdir_all(shared, 100).await.unwrap();
+    // Never acknowledging: a write that waited for this session would take 20 s.
+    let started = Instant::now();
+    writer.create(private, "mine", 0o644).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20), "the create waited for an uninterested session");
+    // A write in what it read reaches it.
+    let invalidate_shared = tokio::spawn(async move { writer.create(shared, "ours", 0o644).await.map(|_| ()) });
+    let invalidation = tokio::time::timeout(PATIENCE, stream.message()).await.expect("in time").unwrap().unwrap();
+    assert!(names_entry(&invalidation, shared, "ours"), "{invalidation:?}");
+    assert!(!invalidation.entries.iter().any(|entry| entry.parent == private), "{invalidation:?}");
+    reader.client.ack_invalidation(pb::AckInvalidationRequest { id: invalidation.id }).await.unwrap();
+    invalidate_shared.await.unwrap().unwrap();
+    heartbeat.abort();
+}
+
 /// A subscriber that never acknowledges is expired after --invalidation-ack-timeout-ms; the
 /// write still succeeds, and the expired session is UNAUTHENTICATED afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1123,6 +1154,7 @@ async fn a_subscriber_that_never_acknowledges_is_expired() {
     let mut deaf = client(&server, "deaf").await;
     let heartbeat = keep_alive(&deaf);
     let mut stream = deaf.client.subscribe(pb::Empty {}).await.unwrap().into_inner();
+    deaf.readdir_all(ROOT, 100).await.unwrap(); // it may cache the root's entries now
 
     let started = Instant::now();
     let file = writer.create(ROOT, "f", 0o644).await.unwrap();
