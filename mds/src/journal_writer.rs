@@ -26,6 +26,13 @@ pub const SEGMENT_RECORDS_MAX: usize = 4096;
 pub const SEGMENT_PUT_ATTEMPTS_MAX: u32 = 8;
 /// First retry delay; doubled per attempt.
 pub const SEGMENT_PUT_RETRY_DELAY_MS: u64 = 50;
+/// While nobody waits for durability (every queued event was acknowledged early), the writer
+/// lets a few more events join the next segment for up to this long: one object write per
+/// early-acknowledged create made the MDS spend most of its CPU in fsync and file creation.
+/// A waiter arriving ends the wait at once.
+pub const EARLY_LINGER_MS: u64 = 5;
+/// ... unless this many records are queued already.
+pub const EARLY_LINGER_RECORDS_MAX: usize = 256;
 /// Fault injection for tests: delay every segment write by this many milliseconds, so
 /// that a kill lands while acknowledged-early events are not yet durable.
 pub const FAULT_SEGMENT_DELAY_ENV: &str = "CUDELE_FAULT_SEGMENT_DELAY_MS";
@@ -49,6 +56,8 @@ struct Queue {
 pub struct JournalWriter {
     queue: Mutex<Queue>,
     queued: Notify,
+    /// Someone started waiting for durability (ends a linger).
+    waiter_arrived: Notify,
     durable: watch::Sender<Seq>,
     /// Set when writing failed for good; waiters get an error instead of hanging.
     failed: watch::Sender<bool>,
@@ -66,6 +75,7 @@ impl JournalWriter {
         Arc::new(JournalWriter {
             queue: Mutex::new(Queue { groups: Default::default(), next_seq }),
             queued: Notify::new(),
+            waiter_arrived: Notify::new(),
             durable,
             failed,
             events_written: AtomicU64::new(0),
@@ -125,6 +135,9 @@ impl JournalWriter {
     pub async fn wait_durable(&self, seq: Seq) -> Result<(), String> {
         let mut durable = self.durable.subscribe();
         let mut failed = self.failed.subscribe();
+        if *durable.borrow() < seq {
+            self.waiter_arrived.notify_one();
+        }
         loop {
             if *durable.borrow_and_update() >= seq {
                 return Ok(());
@@ -149,6 +162,7 @@ impl JournalWriter {
     ) {
         loop {
             let notified = self.queued.notified();
+            self.linger_while_nobody_waits().await;
             let batch = {
                 let mut queue = self.queue.lock().expect("journal queue lock poisoned");
                 let mut batch: Group = Vec::new();
@@ -210,6 +224,25 @@ impl JournalWriter {
                 tracing::warn!("metadata store flusher has stopped; journal keeps streaming");
             }
         }
+    }
+}
+
+impl JournalWriter {
+    /// See [`EARLY_LINGER_MS`].
+    async fn linger_while_nobody_waits(&self) {
+        let queued = {
+            let queue = self.queue.lock().expect("journal queue lock poisoned");
+            queue.groups.iter().map(Vec::len).sum::<usize>()
+        };
+        if queued == 0 || queued >= EARLY_LINGER_RECORDS_MAX || self.durable.receiver_count() > 0 {
+            return;
+        }
+        let arrived = self.waiter_arrived.notified();
+        // A waiter may have subscribed between the count and `notified()`.
+        if self.durable.receiver_count() > 0 {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(EARLY_LINGER_MS), arrived).await;
     }
 }
 
