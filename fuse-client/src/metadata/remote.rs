@@ -184,6 +184,28 @@ impl RemoteMetadata {
         Ok(RemoteMetadata { shared, runtime, shutdown, tasks: Mutex::new(tasks), replicas })
     }
 
+    /// After a change to `ino`'s attributes (setattr, set_layout) sent at `since`: cache the
+    /// attributes the MDS replied with, or drop what we had if it failed.
+    fn finish_attr_change(
+        &self,
+        since: CacheGeneration,
+        ino: Ino,
+        result: NsResult<pb::AttrReply>,
+    ) -> NsResult<InodeAttr> {
+        let cache = &self.shared.cache;
+        match result {
+            Ok(reply) => {
+                let attr = Self::attr_of(reply)?;
+                cache.local_change(since, &[ino], &[], |filler| filler.attr(&attr));
+                Ok(attr)
+            }
+            Err(error) => {
+                cache.local_change(since, &[ino], &[], |_| {});
+                Err(error)
+            }
+        }
+    }
+
     /// Unlink (or, with `directory`, rmdir) `parent/name` and update the cache.
     fn remove_entry(&self, parent: Ino, name: &[u8], directory: bool) -> NsResult<()> {
         let child = self.child_of(parent, name);
@@ -671,21 +693,10 @@ impl Metadata for RemoteMetadata {
             atime_now,
             mtime_now,
         };
-        let cache = &self.shared.cache;
-        let since = cache.generation();
+        let since = self.shared.cache.generation();
         let shared = &self.shared;
         let result = self.block_on(async { rpc!(shared, set_attr, request).await.map_err(NsError::from) });
-        match result {
-            Ok(reply) => {
-                let attr = Self::attr_of(reply)?;
-                cache.local_change(since, &[ino], &[], |filler| filler.attr(&attr));
-                Ok(attr)
-            }
-            Err(error) => {
-                cache.local_change(since, &[ino], &[], |_| {});
-                Err(error)
-            }
-        }
+        self.finish_attr_change(since, ino, result)
     }
 
     fn create(
@@ -950,21 +961,10 @@ impl Metadata for RemoteMetadata {
 
     fn set_layout(&self, ino: Ino, size: u64, chunk_size_bytes: u32, mtime: Timestamp) -> NsResult<InodeAttr> {
         let request = pb::SetLayoutRequest { ino, size, chunk_size_bytes, mtime: Some(time_to_wire(mtime)) };
-        let cache = &self.shared.cache;
-        let since = cache.generation();
+        let since = self.shared.cache.generation();
         let shared = &self.shared;
         let result = self.block_on(async { rpc!(shared, set_layout, request).await.map_err(NsError::from) });
-        match result {
-            Ok(reply) => {
-                let attr = Self::attr_of(reply)?;
-                cache.local_change(since, &[ino], &[], |filler| filler.attr(&attr));
-                Ok(attr)
-            }
-            Err(error) => {
-                cache.local_change(since, &[ino], &[], |_| {});
-                Err(error)
-            }
-        }
+        self.finish_attr_change(since, ino, result)
     }
 
     fn attach_kernel_cache(&self, kernel: Arc<dyn super::KernelCache>) -> bool {
