@@ -102,10 +102,11 @@ impl ClientJournal {
             .sum();
     }
 
-    /// Local Persist: write the unmerged events to `path` durably (temp file, fsync, rename,
-    /// fsync the directory). An empty journal removes the file.
-    pub fn persist_local(&mut self, path: &Path) -> std::io::Result<()> {
-        let Some(segment) = self.unmerged_segment() else {
+    /// Local Persist: write the unmerged events (`segment`, as [`Self::unmerged_segment`]
+    /// encodes them) to `path` durably (temp file, fsync, rename, fsync the directory). An
+    /// empty journal removes the file.
+    pub fn persist_local(&mut self, path: &Path, segment: Option<&[u8]>) -> std::io::Result<()> {
+        let Some(segment) = segment else {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -118,7 +119,7 @@ impl ClientJournal {
         std::fs::create_dir_all(directory)?;
         let temporary = path.with_extension("seg.tmp");
         let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&segment)?;
+        file.write_all(segment)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
         std::fs::File::open(directory)?.sync_all()?;
@@ -153,12 +154,12 @@ mod tests {
         assert_eq!(contents.records.len(), 2);
         let directory = tempfile::tempdir().unwrap();
         let path = client_journal_file(directory.path(), 5);
-        journal.persist_local(&path).unwrap();
+        journal.persist_local(&path, journal.unmerged_segment().as_deref()).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), segment);
         journal.mark_merged(1);
         assert_eq!((journal.unmerged_events(), journal.merged_seq(), journal.last_seq()), (1, 1, 2));
         journal.mark_merged(2);
-        journal.persist_local(&path).unwrap();
+        journal.persist_local(&path, journal.unmerged_segment().as_deref()).unwrap();
         assert!(!path.exists());
         assert_eq!(journal.unmerged_bytes(), 0);
     }

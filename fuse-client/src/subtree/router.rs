@@ -181,6 +181,13 @@ impl SubtreeRouter {
 
     /// Persist the client journal of the subtree at `root` per its durability.
     fn persist(&self, entry: &mut Entry) -> NsResult<()> {
+        let segment = entry.subtree.journal().unmerged_segment();
+        self.persist_segment(entry, segment.as_deref())
+    }
+
+    /// [`Self::persist`] with the unmerged events already encoded (a merge sends the same
+    /// bytes: encoding 100,000 events once instead of twice saves ~0.1 s).
+    fn persist_segment(&self, entry: &mut Entry, segment: Option<&[u8]>) -> NsResult<()> {
         let policy = &entry.subtree.policy;
         let mechanisms = policy.mechanisms();
         let root = entry.subtree.root;
@@ -189,12 +196,12 @@ impl SubtreeRouter {
             entry
                 .subtree
                 .journal_mut()
-                .persist_local(&path)
+                .persist_local(&path, segment)
                 .map_err(|error| NsError::Io(format!("local persist: {error}")))?;
         }
         if mechanisms.contains(&Mechanism::GlobalPersist) || mechanisms.contains(&Mechanism::NonvolatileApply) {
             let object = client_journal_object(root, self.control.session());
-            self.control.put_object(&object, entry.subtree.journal().unmerged_segment())?;
+            self.control.put_object(&object, segment.map(<[u8]>::to_vec))?;
             entry.subtree.journal_mut().mark_persisted();
         }
         Ok(())
@@ -205,7 +212,8 @@ impl SubtreeRouter {
         let entry = self.subtrees.read().expect("subtrees lock poisoned").get(&root).cloned();
         let entry = entry.ok_or(NsError::InvalidArgument("not the root of a decoupled subtree"))?;
         let mut entry = entry.lock().expect("subtree lock poisoned");
-        self.persist(&mut entry)?;
+        let segment = entry.subtree.journal().unmerged_segment();
+        self.persist_segment(&mut entry, segment.as_deref())?;
         let policy = entry.subtree.policy.clone();
         let outcome = if invisible(&policy) {
             // Invisible updates are never merged by the system: recouple keeps the persisted
@@ -217,7 +225,7 @@ impl SubtreeRouter {
         } else {
             // Nothing unmerged: no journal to send (and, for Nonvolatile Apply, no object —
             // persist just deleted it, so naming it would fail the merge with EIO).
-            let source = match entry.subtree.journal().unmerged_segment() {
+            let source = match segment {
                 None => MergeSource::Empty,
                 Some(_) if policy.mechanisms().contains(&Mechanism::NonvolatileApply) => {
                     MergeSource::Object(client_journal_object(root, self.control.session()))
