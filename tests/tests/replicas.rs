@@ -12,6 +12,7 @@ use cudele_proto::replica_pb::DeploymentsReply;
 use cudele_proto::routing::{ReadSource, RoutedReader, RoutingOptions};
 use cudele_proto::{pb, replica_pb};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -415,43 +416,13 @@ fn names_in(directory: &std::path::Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Two mounts of an MDS with replicas: one creates, chmods, truncates, unlinks and renames
-/// while the other reads through its mount, whose cache misses go to the replicas. No read
-/// returns a state older than a write acknowledged (its system call returned) before the
-/// read began; and the replicas did serve the mounts, hits included.
-#[test]
-fn mounts_read_through_replicas_without_stale_reads() {
-    if !fuse_available() {
-        eprintln!("skipping: /dev/fuse is not usable here");
-        return;
-    }
-    let root = tempfile::tempdir().expect("tempdir");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mds = MdsProcess::start(
-        &root.path().join("mds"),
-        &[
-            "--replica-deployments",
-            "2",
-            "--replica-min",
-            "1",
-            "--replica-max",
-            "2",
-            "--replica-target-concurrency",
-            "1",
-            "--replica-cooldown-ms",
-            "300",
-            "--replica-idle-ms",
-            "1500",
-            "--replica-autoscale-interval-ms",
-            "100",
-            "--replica-lease-ms",
-            "2000",
-        ],
-    )
-    .expect("start mds");
-    assert!(runtime.block_on(wait_for_instances(&mds, 1)), "instances did not come up");
-    let writer = Mount::start(mds.address, &root.path().join("w"), &root.path().join("wj"), "").expect("mount w");
-    let reader = Mount::start(mds.address, &root.path().join("r"), &root.path().join("rj"), "").expect("mount r");
+/// The coherence checker through real mounts: one mount creates, chmods, truncates, unlinks
+/// and renames (60 rounds) while two threads read through another mount; no read may return a
+/// state older than a write acknowledged (its system call returned) before the read began.
+/// Returns the reader rounds and the two mounts (writer, reader), still mounted.
+fn two_mounts_never_read_stale(mds: &MdsProcess, root: &Path) -> (u64, Mount, Mount) {
+    let writer = Mount::start(mds.address, &root.join("w"), &root.join("wj"), "").expect("mount w");
+    let reader = Mount::start(mds.address, &root.join("r"), &root.join("rj"), "").expect("mount r");
 
     const VERSIONS: u64 = 60;
     let work = writer.path("work");
@@ -543,6 +514,61 @@ fn mounts_read_through_replicas_without_stale_reads() {
         violations.len(),
         &violations[..violations.len().min(10)]
     );
+    (rounds, writer, reader)
+}
+
+/// The same checker without replicas: writes invalidate only the sessions that read what they
+/// touch, and the reader's kernel caches entries and attributes for 60 s, invalidated before
+/// each write is acknowledged.
+#[test]
+fn mounts_never_read_stale_through_kernel_caches() {
+    if !fuse_available() {
+        eprintln!("skipping: /dev/fuse is not usable here");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let mds = MdsProcess::start(&root.path().join("mds"), &[]).expect("start mds");
+    let (rounds, _writer, _reader) = two_mounts_never_read_stale(&mds, root.path());
+    eprintln!("{rounds} reader rounds, no stale read");
+}
+
+/// Two mounts of an MDS with replicas: one creates, chmods, truncates, unlinks and renames
+/// while the other reads through its mount, whose cache misses go to the replicas. No read
+/// returns a state older than a write acknowledged (its system call returned) before the
+/// read began; and the replicas did serve the mounts, hits included.
+#[test]
+fn mounts_read_through_replicas_without_stale_reads() {
+    if !fuse_available() {
+        eprintln!("skipping: /dev/fuse is not usable here");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mds = MdsProcess::start(
+        &root.path().join("mds"),
+        &[
+            "--replica-deployments",
+            "2",
+            "--replica-min",
+            "1",
+            "--replica-max",
+            "2",
+            "--replica-target-concurrency",
+            "1",
+            "--replica-cooldown-ms",
+            "300",
+            "--replica-idle-ms",
+            "1500",
+            "--replica-autoscale-interval-ms",
+            "100",
+            "--replica-lease-ms",
+            "2000",
+        ],
+    )
+    .expect("start mds");
+    assert!(runtime.block_on(wait_for_instances(&mds, 1)), "instances did not come up");
+    let (rounds, _writer, reader) = two_mounts_never_read_stale(&mds, root.path());
+    let read_work = reader.path("work");
     // Listing the same directory twice: the second page comes from a replica's cache.
     for _ in 0..3 {
         names_in(&read_work).expect("readdir");
