@@ -73,6 +73,9 @@ enum Target {
     FloorTtl0,
     FloorTtl1s,
     Strong,
+    /// The same MDS through a second mount with `early_replies=off`: every create waits
+    /// until its event is durable.
+    StrongSync,
     Decoupled,
 }
 
@@ -84,13 +87,14 @@ impl Target {
             Target::FloorTtl0 => "fuse_floor_ttl0",
             Target::FloorTtl1s => "fuse_floor_ttl1s",
             Target::Strong => "cudele_strong",
+            Target::StrongSync => "cudele_strong_sync",
             Target::Decoupled => "cudele_decoupled",
         }
     }
 }
 
-const ALL_TARGETS: [Target; 5] =
-    [Target::Tmpfs, Target::FloorTtl0, Target::FloorTtl1s, Target::Strong, Target::Decoupled];
+const ALL_TARGETS: [Target; 6] =
+    [Target::Tmpfs, Target::FloorTtl0, Target::FloorTtl1s, Target::Strong, Target::StrongSync, Target::Decoupled];
 
 /// The four measured operations: JSON key and the unit of its rate.
 const OPERATIONS: [(&str, &str); 4] =
@@ -361,10 +365,16 @@ struct CudeleMount {
 }
 
 impl CudeleMount {
-    fn mount(address: std::net::SocketAddr, mountpoint: &Path, journal_dir: &Path, log: &Path) -> Result<CudeleMount> {
+    fn mount(
+        address: std::net::SocketAddr,
+        mountpoint: &Path,
+        journal_dir: &Path,
+        log: &Path,
+        extra_options: &str,
+    ) -> Result<CudeleMount> {
         std::fs::create_dir_all(mountpoint)?;
         std::fs::create_dir_all(journal_dir)?;
-        let options = format!("journal_dir={},log={}", journal_dir.display(), log.display());
+        let options = format!("journal_dir={},log={}{extra_options}", journal_dir.display(), log.display());
         cudele(&[
             OsStr::new("mount"),
             OsStr::new(&address.to_string()),
@@ -392,28 +402,41 @@ impl Drop for CudeleMount {
     }
 }
 
-/// An MDS and a mount of it. Fields drop in order: the mount goes before the MDS.
+/// An MDS and its mounts (the second with `early_replies=off`). Fields drop in order: the
+/// mounts go before the MDS.
 struct Cudele {
     mount: CudeleMount,
+    sync_mount: CudeleMount,
     mds: MdsProcess,
     servers: Vec<Server>,
+    sync_servers: Vec<Server>,
 }
 
 impl Cudele {
     fn start(scratch: &Path) -> Result<Cudele> {
         let mds = MdsProcess::start(&scratch.join("mds-data"), &[])?;
+        let journals = scratch.join("client-journals");
         let mountpoint = scratch.join("cudele-mnt");
-        let mount =
-            CudeleMount::mount(mds.address, &mountpoint, &scratch.join("client-journals"), &scratch.join("mount.log"))?;
-        let mut servers = Vec::new();
-        if let Some(pid) = mds.pid() {
-            servers.push(Server::new("cudele-mds", pid));
-        }
-        match find_mount_daemon(&mountpoint) {
-            Some(pid) => servers.push(Server::new("cudele-mount", pid)),
-            None => eprintln!("warning: the cudele mount daemon was not found; its CPU use is not reported"),
-        }
-        Ok(Cudele { mount, mds, servers })
+        let mount = CudeleMount::mount(mds.address, &mountpoint, &journals, &scratch.join("mount.log"), "")?;
+        let sync_mountpoint = scratch.join("cudele-sync-mnt");
+        let sync_mount = CudeleMount::mount(
+            mds.address,
+            &sync_mountpoint,
+            &journals,
+            &scratch.join("sync-mount.log"),
+            ",early_replies=off",
+        )?;
+        let mds_server: Vec<Server> = mds.pid().map(|pid| Server::new("cudele-mds", pid)).into_iter().collect();
+        let with_daemon = |mountpoint: &Path| {
+            let mut servers = mds_server.clone();
+            match find_mount_daemon(mountpoint) {
+                Some(pid) => servers.push(Server::new("cudele-mount", pid)),
+                None => eprintln!("warning: the cudele mount daemon was not found; its CPU use is not reported"),
+            }
+            servers
+        };
+        let (servers, sync_servers) = (with_daemon(&mountpoint), with_daemon(&sync_mountpoint));
+        Ok(Cudele { mount, sync_mount, mds, servers, sync_servers })
     }
 
     fn mountpoint(&self) -> &Path {
@@ -423,6 +446,7 @@ impl Cudele {
     /// Unmount (merging nothing: every subtree was recouple), then stop the MDS by pid.
     fn stop(mut self) -> Result<()> {
         self.mount.unmount()?;
+        self.sync_mount.unmount()?;
         self.mds.stop()
     }
 }
@@ -456,6 +480,10 @@ fn description(target: Target, checkpoint: &Path) -> String {
                            and unlink is an RPC; creates are acknowledged early (the mount replays them if the MDS \
                            restarts before they are durable), unlinks once durable; entry/attr TTL 60 s with \
                            invalidations pushed into the kernel"
+            .to_string(),
+        Target::StrongSync => "a second cudele mount of the same cudele-mds with early_replies=off: every create \
+                               and unlink is an RPC acknowledged once the MDS journal is durable; entry/attr TTL 60 s \
+                               with invalidations pushed into the kernel"
             .to_string(),
         Target::Decoupled => format!(
             "the same mount, each sample in a fresh directory decoupled with {} (weak/global: append client journal \
@@ -498,11 +526,12 @@ impl Mounts {
                 }
             }
         }
-        if wanted(Target::Strong) || wanted(Target::Decoupled) {
+        let cudele_targets = [Target::Strong, Target::StrongSync, Target::Decoupled];
+        if cudele_targets.into_iter().any(wanted) {
             match Cudele::start(scratch) {
                 Ok(cudele) => mounts.cudele = Some(cudele),
                 Err(error) => {
-                    for target in [Target::Strong, Target::Decoupled].into_iter().filter(|target| wanted(*target)) {
+                    for target in cudele_targets.into_iter().filter(|target| wanted(*target)) {
                         failures.push((target, format!("{error:#}")));
                     }
                 }
@@ -533,6 +562,7 @@ impl Mounts {
                 plain(&floor.mountpoint, servers)
             }
             Target::Strong => plain(cudele()?.mountpoint(), &cudele()?.servers),
+            Target::StrongSync => plain(&cudele()?.sync_mount.mountpoint, &cudele()?.sync_servers),
             Target::Decoupled => measure_decoupled_point(
                 cudele()?.mountpoint(),
                 &self.checkpoint,
@@ -675,7 +705,7 @@ fn rate(targets: &Map<String, Value>, target: &str, threads: usize, operation: &
 
 /// ratios["threads_T"][operation]["A/B"] = rate of A over rate of B.
 fn ratios(targets: &Map<String, Value>, options: &Options) -> Value {
-    const PAIRS: [(&str, &str); 9] = [
+    const PAIRS: [(&str, &str); 11] = [
         ("cudele_strong", "fuse_floor_ttl0"),
         ("cudele_strong", "fuse_floor_ttl1s"),
         ("cudele_strong", "tmpfs"),
@@ -683,6 +713,8 @@ fn ratios(targets: &Map<String, Value>, options: &Options) -> Value {
         ("cudele_decoupled", "fuse_floor_ttl1s"),
         ("cudele_decoupled", "tmpfs"),
         ("cudele_decoupled", "cudele_strong"),
+        ("cudele_strong", "cudele_strong_sync"),
+        ("cudele_decoupled", "cudele_strong_sync"),
         ("fuse_floor_ttl0", "tmpfs"),
         ("fuse_floor_ttl1s", "fuse_floor_ttl0"),
     ];
