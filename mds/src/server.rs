@@ -163,7 +163,7 @@ impl Mds {
             self.sessions.note_interest(origin, [ino]);
             // The reader's own changes need not be durable for it to see them (its early
             // replies it replays itself); everyone else's must be.
-            (result, self.authors.lock().expect("authors lock poisoned").last_not_by(origin))
+            (result, self.authors().last_not_by(origin))
         };
         if observed > self.journal.durable_seq() {
             self.journal.wait_durable(observed).await.map_err(NsError::Io)?;
@@ -208,7 +208,7 @@ impl Mds {
                 let reservation = Event::AllocateInodes { owner: 0, range };
                 let reserved = namespace.apply(&reservation)?;
                 let ready_seq = self.journal.append(reservation, namespace.store_ops(&reserved));
-                self.authors.lock().expect("authors lock poisoned").record(ready_seq, origin);
+                self.appended(ready_seq, origin);
                 *block = UnsafeBlock { next: range.start, end: range.end, ready_seq };
                 reply_early = false;
             }
@@ -228,7 +228,7 @@ impl Mds {
             let changes = namespace.store_ops(&touched);
             let unsafe_event = reply_early.then(|| event.clone());
             let seq = self.journal.append(event, changes);
-            self.authors.lock().expect("authors lock poisoned").record(seq, origin);
+            self.appended(seq, origin);
             (seq, touched, result, replica_plan, unsafe_event)
         };
         metrics::gauge!(metrics_names::INODES).set(self.inode_count() as f64);
@@ -307,7 +307,7 @@ impl Mds {
             self.note_touched(origin, &touched);
             let replica_plan = self.replicas.plan(&namespace, &touched, group.iter());
             let seq = self.journal.append_group(with_group_store_ops(&namespace, group, &[&touched]));
-            self.authors.lock().expect("authors lock poisoned").record(seq, origin);
+            self.appended(seq, origin);
             (seq, touched, replica_plan)
         };
         if summary.failed > 0 {
@@ -376,6 +376,15 @@ impl Mds {
                 tracing::warn!(session, %error, "closing an expired session failed");
             }
         }
+    }
+
+    fn authors(&self) -> std::sync::MutexGuard<'_, Authors> {
+        self.authors.lock().expect("authors lock poisoned")
+    }
+
+    /// `origin` appended journal events up to `seq` (call under the namespace write lock).
+    fn appended(&self, seq: Seq, origin: SessionId) {
+        self.authors().record(seq, origin);
     }
 
     /// `origin` learns (and may cache) what its change touched: the inodes and the
@@ -606,7 +615,7 @@ impl Mds {
             let replica_plan = self.replicas.plan(&namespace, &touched, group.iter());
             let group = with_group_store_ops(&namespace, group, &[&touched, &marker_touched]);
             let seq = self.journal.append_group(group);
-            self.authors.lock().expect("authors lock poisoned").record(seq, origin);
+            self.appended(seq, origin);
             (seq, touched, summary, replica_plan)
         };
         let applied_ms = started.elapsed().as_secs_f64() * 1e3;

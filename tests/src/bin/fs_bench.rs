@@ -834,15 +834,18 @@ fn print_ratios(ratios: &Value) {
 
 // ----- plots -----
 
-fn target_colour(index: usize) -> RGBColor {
-    const COLOURS: [RGBColor; 5] = [
-        RGBColor(120, 120, 120),
-        RGBColor(31, 119, 180),
-        RGBColor(158, 202, 225),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-    ];
-    COLOURS[index % COLOURS.len()]
+impl Target {
+    /// The target's colour in every plot, whichever targets a run measured.
+    fn colour(self) -> RGBColor {
+        match self {
+            Target::Tmpfs => RGBColor(120, 120, 120),
+            Target::FloorTtl0 => RGBColor(31, 119, 180),
+            Target::FloorTtl1s => RGBColor(158, 202, 225),
+            Target::Strong => RGBColor(214, 39, 40),
+            Target::StrongSync => RGBColor(255, 152, 150),
+            Target::Decoupled => RGBColor(44, 160, 44),
+        }
+    }
 }
 
 /// One panel per operation; bars per target grouped by thread count; log scale. Bars of
@@ -894,7 +897,7 @@ fn plot_main(targets: &Map<String, Value>, options: &Options, path: &Path) -> Re
             .draw()?;
         let width = 0.8 / present.len().max(1) as f64;
         for (index, target) in present.iter().enumerate() {
-            let colour = target_colour(index);
+            let colour = target.colour();
             let mut bars = Vec::new();
             for (group, &threads) in options.threads.iter().enumerate() {
                 let Some(point) = point_of(targets, target.key(), threads) else { continue };
