@@ -127,14 +127,27 @@ impl<M: Metadata + ?Sized + 'static> FuseAdapter<M> {
         self.kernel.ttls(self.fs.metadata().kernel_may_cache())
     }
 
-    /// Reply with an entry; the kernel takes a lookup reference on it.
-    fn reply_entry(&self, reply: ReplyEntry, result: Result<InodeAttr, NsError>, ttls: Ttls) {
+    /// Reply with an entry; the kernel takes a lookup reference on it. `since` is the
+    /// kernel invalidation count from before the request, for replies the kernel does not
+    /// version-check (create-like): they get long TTLs only if nothing was invalidated
+    /// meanwhile (see `crate::kernel_cache`). None: TTL 0 regardless.
+    fn reply_entry(&self, reply: ReplyEntry, result: Result<InodeAttr, NsError>, since: Option<u64>) {
         match result {
             Ok(attr) => {
-                self.kernel.looked_up(attr.attr.ino);
+                let ttls = self.handed_out(attr.attr.ino, since);
                 reply.entry_with_ttls(&ttls.attr, &ttls.entry, &file_attr(&attr), GENERATION)
             }
             Err(error) => reply.error(errno(&error)),
+        }
+    }
+
+    /// Count the lookup a reply hands the kernel and choose its TTLs (see `reply_entry`).
+    fn handed_out(&self, ino: u64, since: Option<u64>) -> Ttls {
+        let undisturbed = self.kernel.looked_up(ino, since.unwrap_or(u64::MAX));
+        if since.is_some() && undisturbed {
+            self.cache_ttls()
+        } else {
+            Ttls::NONE
         }
     }
 }
@@ -173,8 +186,9 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
     }
 
     fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let since = self.kernel.invalidation_count();
         let result = self.fs.lookup(parent.0, name_bytes(name));
-        self.reply_entry(reply, result, self.cache_ttls());
+        self.reply_entry(reply, result, Some(since));
     }
 
     /// (fuser's default batch_forget calls this for each inode.)
@@ -240,12 +254,14 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let since = self.kernel.invalidation_count();
         let result = self.fs.mknod(parent.0, name_bytes(name), mode, umask, rdev, caller(request));
-        self.reply_entry(reply, result, Ttls::NONE);
+        self.reply_entry(reply, result, Some(since));
     }
 
     fn mkdir(&self, request: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        self.reply_entry(reply, self.fs.mkdir(parent.0, name_bytes(name), mode, umask, caller(request)), Ttls::NONE);
+        let since = self.kernel.invalidation_count();
+        self.reply_entry(reply, self.fs.mkdir(parent.0, name_bytes(name), mode, umask, caller(request)), Some(since));
     }
 
     fn unlink(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -258,7 +274,9 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
 
     fn symlink(&self, request: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let target = target.as_os_str().as_bytes();
-        self.reply_entry(reply, self.fs.symlink(parent.0, name_bytes(link_name), target, caller(request)), Ttls::NONE);
+        let since = self.kernel.invalidation_count();
+        let result = self.fs.symlink(parent.0, name_bytes(link_name), target, caller(request));
+        self.reply_entry(reply, result, Some(since));
     }
 
     fn rename(
@@ -276,7 +294,8 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
     }
 
     fn link(&self, _request: &Request, ino: INodeNo, new_parent: INodeNo, new_name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry(reply, self.fs.link(ino.0, new_parent.0, name_bytes(new_name)), Ttls::NONE);
+        // TTL 0: link updates an inode the kernel may hold, and does not version-check.
+        self.reply_entry(reply, self.fs.link(ino.0, new_parent.0, name_bytes(new_name)), None);
     }
 
     fn open(&self, _request: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -405,7 +424,7 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
                 break;
             }
             if name != b"." && name != b".." {
-                self.kernel.looked_up(entry_ino);
+                self.handed_out(entry_ino, None);
             }
         }
         reply.ok();
@@ -496,10 +515,15 @@ impl<M: Metadata + ?Sized + 'static> Filesystem for FuseAdapter<M> {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let since = self.kernel.invalidation_count();
         match self.fs.create(parent.0, name_bytes(name), mode, umask, OpenMode::from_flags(flags), caller(request)) {
-            Ok((attr, handle)) => {
-                self.kernel.looked_up(attr.attr.ino);
-                reply.created(&Ttls::NONE.entry, &file_attr(&attr), GENERATION, FileHandle(handle), FopenFlags::empty())
+            Ok((attr, handle, created)) => {
+                // An existing file's attributes (another mount created the name first) are
+                // not version-checked either, and the kernel may hold that inode: TTL 0.
+                // One TTL for entry and attributes; without the epoch, entries must not be cached.
+                let ttls = self.handed_out(attr.attr.ino, created.then_some(since));
+                let ttl = ttls.entry.min(ttls.attr);
+                reply.created(&ttl, &file_attr(&attr), GENERATION, FileHandle(handle), FopenFlags::empty())
             }
             Err(error) => reply.error(errno(&error)),
         }

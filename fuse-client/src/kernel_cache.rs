@@ -19,23 +19,46 @@
 //!   which every dentry cached before fails revalidation and is looked up again (from our
 //!   cache, usually). Coarse, but lock-free. Older kernels get entry TTL 0.
 //!
-//! Replies in flight across an invalidation are the kernel's business for lookup and
-//! getattr: both record the epoch and attribute version before asking us and discard what
-//! they learn if either moved meanwhile. Replies that do not (readdirplus entries,
-//! create-like replies, setattr) are given TTL 0, so the kernel asks again next time.
+//! Replies in flight across an invalidation. Dentries are safe: lookup and the create-like
+//! requests record the epoch before asking us, so a dentry they install after an epoch bump
+//! is already stale. Attributes of an inode the kernel holds are safe for lookup and
+//! getattr (they record the attribute version first and discard what they learn if an
+//! invalidation moved it). Two holes remain, and we close them here:
+//! - an invalidation of an inode the kernel does not hold *yet*: the notification finds
+//!   nothing (ENOENT), then our reply in flight installs the old attributes. So the adapter
+//!   counts the lookup it hands out *before* replying, and an invalidation of an inode we
+//!   handed out but the kernel has not installed is retried until the kernel has it (or
+//!   forgot it), then sent once more after [`INSTALL_SETTLE`], because create-like replies
+//!   set the attributes just after the inode becomes visible, without a version check;
+//! - an invalidation that lands while a create-like reply (which the kernel does not
+//!   version-check) is being computed: the adapter compares the invalidation count from
+//!   before its request with the one when it hands out the lookup, and replies with TTL 0
+//!   if anything was invalidated meanwhile ([`KernelState::looked_up`]).
+//!
+//! Readdirplus entries and setattr replies still get TTL 0; so does link (it updates an
+//! inode the kernel may hold, without a version check).
 
 use crate::metadata::KernelCache;
 use crate::sync::{lock, AtomicBool, Mutex, Ordering};
 use cudele_journal::Ino;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long the kernel may keep entries and attributes when invalidations reach it.
 pub const KERNEL_CACHE_TTL: Duration = Duration::from_secs(60);
 /// The FUSE protocol minor version that added FUSE_NOTIFY_INC_EPOCH.
 pub const EPOCH_PROTOCOL_MINOR: u32 = 44;
+/// How long an invalidation waits for the kernel to install an inode we handed out (its
+/// reply is in flight); past it the invalidation gives up with a warning.
+pub const INSTALL_WAIT: Duration = Duration::from_secs(1);
+/// Pause between attempts while waiting for that install.
+pub const INSTALL_POLL: Duration = Duration::from_micros(100);
+/// After the kernel installed such an inode, the pause before invalidating it once more
+/// (the reply's attributes are set just after the inode becomes visible).
+pub const INSTALL_SETTLE: Duration = Duration::from_millis(1);
 /// `enum fuse_notify_code` in <linux/fuse.h>.
+const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
 const ROOT_INO: Ino = 1;
 
@@ -47,9 +70,17 @@ pub struct KernelState {
     attached: AtomicBool,
     /// The kernel understands FUSE_NOTIFY_INC_EPOCH (learnt at INIT).
     epoch_supported: AtomicBool,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
     /// Inode -> lookups the kernel holds (it forgets them with FORGET): the inodes whose
     /// attributes it may cache, all of which `invalidate_all` must reach.
-    lookups: Mutex<HashMap<Ino, u64>>,
+    lookups: HashMap<Ino, u64>,
+    /// Invalidations sent to the kernel so far (under the same lock as `lookups`, which is
+    /// what makes [`KernelState::looked_up`] and [`KernelState::begin_invalidation`] agree).
+    invalidations: u64,
 }
 
 /// The TTLs of one reply.
@@ -86,53 +117,103 @@ impl KernelState {
         Ttls { entry, attr: KERNEL_CACHE_TTL }
     }
 
+    /// Invalidations sent to the kernel so far: read before a request whose reply hands
+    /// out an inode, and pass it to [`KernelState::looked_up`].
+    pub fn invalidation_count(&self) -> u64 {
+        lock(&self.held).invalidations
+    }
+
     /// The kernel now holds one more lookup of `ino` (call before replying with an entry).
-    pub fn looked_up(&self, ino: Ino) {
-        *lock(&self.lookups).entry(ino).or_default() += 1;
+    /// True if no invalidation reached the kernel since `since` (an
+    /// [`KernelState::invalidation_count`] from before the request), i.e. the reply may
+    /// carry long TTLs even where the kernel does not version-check it.
+    pub fn looked_up(&self, ino: Ino, since: u64) -> bool {
+        let mut held = lock(&self.held);
+        *held.lookups.entry(ino).or_default() += 1;
+        held.invalidations == since
     }
 
     /// FORGET: the kernel dropped `count` lookups of `ino`.
     pub fn forget(&self, ino: Ino, count: u64) {
-        let mut lookups = lock(&self.lookups);
-        if let Some(held) = lookups.get_mut(&ino) {
-            *held = held.saturating_sub(count);
-            if *held == 0 {
-                lookups.remove(&ino);
+        let mut held = lock(&self.held);
+        if let Some(lookups) = held.lookups.get_mut(&ino) {
+            *lookups = lookups.saturating_sub(count);
+            if *lookups == 0 {
+                held.lookups.remove(&ino);
             }
         }
     }
 
+    /// Count an invalidation of `inodes` and say, per inode, whether we handed the kernel a
+    /// lookup of it (so a notification that finds nothing must wait for the install).
+    fn begin_invalidation(&self, inodes: &[Ino]) -> Vec<bool> {
+        let mut held = lock(&self.held);
+        held.invalidations += 1;
+        inodes.iter().map(|ino| held.lookups.contains_key(ino)).collect()
+    }
+
+    fn holds(&self, ino: Ino) -> bool {
+        lock(&self.held).lookups.contains_key(&ino)
+    }
+
     /// Inodes the kernel may hold attributes of.
     fn known_inodes(&self) -> Vec<Ino> {
-        let mut inodes: Vec<Ino> = lock(&self.lookups).keys().copied().collect();
+        let mut inodes: Vec<Ino> = lock(&self.held).lookups.keys().copied().collect();
         inodes.push(ROOT_INO);
         inodes
     }
 
     /// Lookups held (for tests and status).
     pub fn known_inode_count(&self) -> usize {
-        lock(&self.lookups).len()
+        lock(&self.held).lookups.len()
     }
 }
 
 /// Sends invalidations to the kernel through the mount's /dev/fuse.
 pub struct KernelNotifier {
-    notifier: fuser::Notifier,
-    /// A duplicate of the session's /dev/fuse descriptor, for the notification fuser has
-    /// no method for (INC_EPOCH).
+    /// A duplicate of the session's /dev/fuse descriptor. We write notifications ourselves:
+    /// fuser has no INC_EPOCH and hides INVAL_INODE's ENOENT.
     device: OwnedFd,
     state: std::sync::Arc<KernelState>,
 }
 
 impl KernelNotifier {
-    pub fn new(notifier: fuser::Notifier, device: OwnedFd, state: std::sync::Arc<KernelState>) -> Self {
-        KernelNotifier { notifier, device, state }
+    pub fn new(device: OwnedFd, state: std::sync::Arc<KernelState>) -> Self {
+        KernelNotifier { device, state }
     }
 
-    fn invalidate_attrs(&self, ino: Ino) {
-        // ENOENT (the kernel holds no such inode) is swallowed by fuser.
-        if let Err(error) = self.notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {
-            tracing::debug!(ino, %error, "attribute invalidation refused by the kernel");
+    /// Drop the kernel's attributes of `ino`. If we handed the kernel a lookup of it
+    /// (`handed_out`) but it holds no such inode yet, our reply is still on its way: wait
+    /// for the install (see the module documentation). Blocks the caller for at most
+    /// [`INSTALL_WAIT`], which only a reply in flight at that very moment costs.
+    fn invalidate_attrs(&self, ino: Ino, handed_out: bool) {
+        let deadline = Instant::now() + INSTALL_WAIT;
+        let mut waited = false;
+        loop {
+            match inval_inode(&self.device, ino) {
+                Ok(()) => {
+                    if waited {
+                        std::thread::sleep(INSTALL_SETTLE);
+                        let _ = inval_inode(&self.device, ino);
+                    }
+                    return;
+                }
+                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
+                    if !handed_out || !self.state.holds(ino) {
+                        return; // the kernel has no copy, and none is on its way
+                    }
+                    if Instant::now() >= deadline {
+                        tracing::warn!(ino, "the kernel did not install an inode we replied with; not waiting longer");
+                        return;
+                    }
+                    waited = true;
+                    std::thread::sleep(INSTALL_POLL);
+                }
+                Err(error) => {
+                    tracing::debug!(ino, %error, "attribute invalidation refused by the kernel");
+                    return;
+                }
+            }
         }
     }
 
@@ -150,8 +231,9 @@ impl KernelNotifier {
 
 impl KernelCache for KernelNotifier {
     fn invalidate(&self, inodes: &[Ino], entries: &[(Ino, Vec<u8>)]) {
-        for ino in inodes {
-            self.invalidate_attrs(*ino);
+        let handed_out = self.state.begin_invalidation(inodes);
+        for (ino, handed_out) in inodes.iter().zip(handed_out) {
+            self.invalidate_attrs(*ino, handed_out);
         }
         if !entries.is_empty() {
             self.invalidate_entries();
@@ -160,21 +242,40 @@ impl KernelCache for KernelNotifier {
 
     fn invalidate_all(&self) {
         self.invalidate_entries();
-        for ino in self.state.known_inodes() {
-            self.invalidate_attrs(ino);
+        let inodes = self.state.known_inodes();
+        let handed_out = self.state.begin_invalidation(&inodes);
+        for (ino, handed_out) in inodes.into_iter().zip(handed_out) {
+            self.invalidate_attrs(ino, handed_out);
         }
     }
 }
 
-/// Write a FUSE_NOTIFY_INC_EPOCH notification (a bare `fuse_out_header`: length, notify
-/// code in the error field, unique 0) to the FUSE device.
+/// Write a FUSE_NOTIFY_INC_EPOCH notification (a bare `fuse_out_header`) to the device.
 fn inc_epoch(device: &impl AsFd) -> std::io::Result<()> {
-    const HEADER_BYTES: u32 = 16;
-    let mut header = [0u8; HEADER_BYTES as usize];
-    header[0..4].copy_from_slice(&HEADER_BYTES.to_ne_bytes());
-    header[4..8].copy_from_slice(&FUSE_NOTIFY_INC_EPOCH.to_ne_bytes());
-    let written = nix::unistd::write(device, &header).map_err(std::io::Error::from)?;
-    if written != header.len() {
+    notify(device, FUSE_NOTIFY_INC_EPOCH, &[])
+}
+
+/// FUSE_NOTIFY_INVAL_INODE for attributes only (offset -1). Unlike fuser's, this reports
+/// ENOENT (the kernel holds no such inode), which [`KernelNotifier::invalidate_attrs`] needs.
+fn inval_inode(device: &impl AsFd, ino: Ino) -> std::io::Result<()> {
+    // struct fuse_notify_inval_inode_out { u64 ino; s64 off; s64 len; }
+    let mut body = [0u8; 24];
+    body[0..8].copy_from_slice(&ino.to_ne_bytes());
+    body[8..16].copy_from_slice(&(-1i64).to_ne_bytes());
+    notify(device, FUSE_NOTIFY_INVAL_INODE, &body)
+}
+
+/// One notification: a `fuse_out_header` (length, the notify code in the error field,
+/// unique 0) and its body, in one write.
+fn notify(device: &impl AsFd, code: i32, body: &[u8]) -> std::io::Result<()> {
+    const HEADER_BYTES: usize = 16;
+    let mut message = vec![0u8; HEADER_BYTES + body.len()];
+    let length = u32::try_from(message.len()).map_err(|_| std::io::Error::other("notification too large"))?;
+    message[0..4].copy_from_slice(&length.to_ne_bytes());
+    message[4..8].copy_from_slice(&code.to_ne_bytes());
+    message[HEADER_BYTES..].copy_from_slice(body);
+    let written = nix::unistd::write(device, &message).map_err(std::io::Error::from)?;
+    if written != message.len() {
         return Err(std::io::Error::other("short write of a FUSE notification"));
     }
     Ok(())
@@ -199,9 +300,9 @@ mod tests {
     #[test]
     fn lookups_are_counted_until_forgotten() {
         let state = KernelState::new();
-        state.looked_up(7);
-        state.looked_up(7);
-        state.looked_up(9);
+        state.looked_up(7, 0);
+        state.looked_up(7, 0);
+        state.looked_up(9, 0);
         state.forget(7, 1);
         assert_eq!(state.known_inode_count(), 2);
         state.forget(7, 1);
@@ -209,5 +310,18 @@ mod tests {
         state.forget(42, 1);
         assert_eq!(state.known_inode_count(), 0);
         assert_eq!(state.known_inodes(), vec![ROOT_INO]);
+    }
+
+    #[test]
+    fn a_reply_computed_across_an_invalidation_may_not_be_cached() {
+        let state = KernelState::new();
+        let before = state.invalidation_count();
+        assert!(state.looked_up(7, before), "nothing invalidated meanwhile");
+        let before = state.invalidation_count();
+        assert_eq!(state.begin_invalidation(&[7, 8]), vec![true, false], "7 was handed out, 8 never");
+        assert!(!state.looked_up(8, before), "an invalidation landed while the reply was computed");
+        assert!(state.holds(8));
+        state.forget(8, 1);
+        assert!(!state.holds(8));
     }
 }

@@ -343,7 +343,7 @@ fn attach_kernel_cache<F: fuser::Filesystem, M: Metadata + ?Sized>(
     use std::os::fd::AsFd;
     match session.as_fd().try_clone_to_owned() {
         Ok(device) => {
-            let notifier = Arc::new(KernelNotifier::new(session.notifier(), device, kernel.clone()));
+            let notifier = Arc::new(KernelNotifier::new(device, kernel.clone()));
             kernel.set_attached(fs.metadata().attach_kernel_cache(notifier));
         }
         Err(error) => tracing::warn!(%error, "no kernel caching: cannot duplicate the FUSE descriptor"),

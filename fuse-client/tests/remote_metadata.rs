@@ -229,6 +229,21 @@ fn two_mounts_see_each_other() {
     assert_eq!(std::fs::remove_dir(b.join("d")).expect_err("not empty").raw_os_error(), Some(libc::ENOTEMPTY));
     std::fs::remove_file(b.join("d/g")).expect("unlink on B");
     assert!(std::fs::metadata(a.join("d/g")).is_err());
+    // Create-like replies are cached by A's kernel too: a change on B right after must
+    // still reach A's next stat.
+    for round in 0..20u32 {
+        let (file, dir) = (format!("d/new{round}"), format!("d/sub{round}"));
+        std::fs::File::create(a.join(&file)).expect("create on A");
+        std::fs::create_dir(a.join(&dir)).expect("mkdir on A");
+        let mode = 0o600 + round;
+        std::fs::set_permissions(b.join(&file), std::fs::Permissions::from_mode(mode)).expect("chmod on B");
+        std::os::unix::fs::chown(b.join(&dir), Some(round), None).expect("chown on B");
+        assert_eq!(std::fs::metadata(a.join(&file)).expect("stat on A").permissions().mode() & 0o7777, mode);
+        assert_eq!(std::fs::metadata(a.join(&dir)).expect("stat on A").uid(), round);
+        std::fs::remove_file(b.join(&file)).expect("unlink on B");
+        std::fs::remove_dir(b.join(&dir)).expect("rmdir on B");
+        assert!(std::fs::metadata(a.join(&file)).is_err(), "A still sees a file B removed");
+    }
     let names: Vec<_> = std::fs::read_dir(a.join("d")).expect("readdir on A").collect();
     assert!(names.is_empty());
     std::fs::remove_dir(a.join("d")).expect("rmdir on A");

@@ -170,8 +170,9 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
         self.metadata.create(parent, name, kind, perm, owner, rdev)
     }
 
-    /// create(2)/open(O_CREAT): a new regular file and a handle on it. If the name exists
-    /// (another mount raced us) and O_EXCL is not set, open the existing file instead.
+    /// create(2)/open(O_CREAT): a new regular file and a handle on it, and true. If the name
+    /// exists (another mount raced us) and O_EXCL is not set, open the existing file instead
+    /// (and say false).
     pub fn create(
         &self,
         parent: Ino,
@@ -180,14 +181,14 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
         umask: u32,
         open: OpenMode,
         caller: Caller,
-    ) -> NsResult<(InodeAttr, u64)> {
+    ) -> NsResult<(InodeAttr, u64, bool)> {
         check_name(name)?;
         let parent_attr = self.parent_attr(parent)?;
         let (owner, perm) = new_inode_owner(&parent_attr.attr, caller, FileKind::Regular, mode, umask);
         match self.metadata.create(parent, name, FileKind::Regular, perm, owner, 0) {
             Ok(attr) => {
                 let handle = self.files.open(&attr, true, open.readable, open.writable);
-                Ok((attr, handle))
+                Ok((attr, handle, true))
             }
             Err(NsError::Exists) if !open.exclusive => {
                 let attr = self.metadata.lookup(parent, name)?;
@@ -211,7 +212,7 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
                     attr
                 };
                 let handle = self.files.open(&attr, false, open.readable, open.writable);
-                Ok((self.with_local_data(attr), handle))
+                Ok((self.with_local_data(attr), handle, false))
             }
             Err(error) => Err(error),
         }

@@ -40,7 +40,8 @@ impl Fixture {
     }
 
     fn file(&self, parent: Ino, name: &str, content: &[u8]) -> Ino {
-        let (attr, handle) = self.fs.create(parent, name.as_bytes(), 0o644, 0o022, RW, Caller::ROOT).expect("create");
+        let (attr, handle, _) =
+            self.fs.create(parent, name.as_bytes(), 0o644, 0o022, RW, Caller::ROOT).expect("create");
         if !content.is_empty() {
             self.fs.write(handle, 0, content, Caller::ROOT).expect("write");
         }
@@ -113,7 +114,7 @@ fn setgid_directories() {
     assert_eq!(shared.attr.perm, 0o2775);
     let sub = fs.mkdir(shared.attr.ino, b"sub", 0o755, 0, USER).expect("sub");
     assert_eq!((sub.attr.gid, sub.attr.perm), (50, 0o2755));
-    let (file, handle) = fs.create(shared.attr.ino, b"f", 0o644, 0, RW, USER).expect("create");
+    let (file, handle, _) = fs.create(shared.attr.ino, b"f", 0o644, 0, RW, USER).expect("create");
     fs.release(handle).expect("release");
     assert_eq!((file.attr.uid, file.attr.gid, file.attr.perm), (1000, 50, 0o644));
     let link = fs.symlink(shared.attr.ino, b"l", b"f", USER).expect("symlink");
@@ -125,7 +126,7 @@ fn setgid_directories() {
 fn write_read_reopen() {
     let fixture = fixture();
     let fs = &fixture.fs;
-    let (attr, handle) = fs.create(ROOT_INO, b"f", 0o644, 0, RW, USER).expect("create");
+    let (attr, handle, _) = fs.create(ROOT_INO, b"f", 0o644, 0, RW, USER).expect("create");
     let ino = attr.attr.ino;
     assert_eq!(fs.write(handle, 0, b"hello world", USER).expect("write"), 11);
     assert_eq!(fs.getattr(ino).expect("getattr").attr.size, 11, "unflushed size shows");
@@ -169,8 +170,9 @@ fn create_existing() {
     let ino = fixture.file(ROOT_INO, "f", b"data");
     let exclusive = OpenMode { exclusive: true, ..RW };
     assert_eq!(errno_of(fs.create(ROOT_INO, b"f", 0o644, 0, exclusive, USER)), libc::EEXIST);
-    let (attr, handle) = fs.create(ROOT_INO, b"f", 0o644, 0, RO, Caller::ROOT).expect("open existing");
+    let (attr, handle, created) = fs.create(ROOT_INO, b"f", 0o644, 0, RO, Caller::ROOT).expect("open existing");
     assert_eq!(attr.attr.ino, ino);
+    assert!(!created, "an existing file is opened, not created");
     fs.release(handle).expect("release");
     fs.mkdir(ROOT_INO, b"d", 0o755, 0, USER).expect("mkdir");
     assert_eq!(errno_of(fs.create(ROOT_INO, b"d", 0o644, 0, RW, USER)), libc::EISDIR);
@@ -549,7 +551,7 @@ fn check_against_model(ops: &[DataOp], chunk_size_bytes: u32) {
     let fixture = fixture();
     let fs = &fixture.fs;
     let other = fixture.second_mount();
-    let (attr, mut handle) = fs.create(ROOT_INO, b"model", 0o644, 0, RW, Caller::ROOT).expect("create");
+    let (attr, mut handle, _) = fs.create(ROOT_INO, b"model", 0o644, 0, RW, Caller::ROOT).expect("create");
     let ino = attr.attr.ino;
     if chunk_size_bytes != CHUNK_SIZE_BYTES {
         // Small chunks put many chunk boundaries within reach of small offsets.

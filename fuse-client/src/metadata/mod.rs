@@ -12,6 +12,7 @@ pub mod local;
 pub mod remote;
 pub mod replica_reads;
 pub mod rpc;
+pub mod thread_runtime;
 pub mod unsafe_log;
 
 use cudele_journal::{FileKind, Ino, RenameMode, Timestamp, XattrMode};

@@ -16,6 +16,7 @@
 use super::cache::{CacheGeneration, CachedEntry, MetadataCache};
 use super::replica_reads::{self, ReplicaMode, ReplicaReads};
 use super::rpc::{classify, lazy_channel, next_backoff, Failure, Headers, MdsConnection};
+use super::thread_runtime::{self, ThreadRuntimes};
 use super::unsafe_log::UnsafeLog;
 use super::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges, TimeChange};
 use crate::error::ClientError;
@@ -25,7 +26,7 @@ use cudele_journal::{FileKind, Ino, RenameMode, SessionId, Timestamp, XattrMode}
 use cudele_namespace::{DirEntry, NsError, NsResult};
 use cudele_proto::convert::xattr_mode_to_wire;
 use cudele_proto::convert::{attr_from_wire, kind_from_wire, kind_to_wire, rename_mode_to_wire, time_to_wire};
-use cudele_proto::pb::{self, mds_client::MdsClient};
+use cudele_proto::pb;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -118,6 +119,8 @@ impl From<CallError> for NsError {
 pub struct RemoteMetadata {
     shared: Arc<Shared>,
     runtime: Blocking,
+    /// Calls from blocking threads run on runtimes of their own (see `thread_runtime`).
+    threads: ThreadRuntimes,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Where cache-miss reads go first (None: `replicas=off`).
@@ -145,9 +148,8 @@ impl RemoteMetadata {
             let _entered = runtime.handle().enter();
             lazy_channel(&options.address)?
         };
-        let client = MdsClient::with_interceptor(channel, headers)
-            .max_decoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(cudele_proto::MESSAGE_BYTES_MAX);
+        let client = thread_runtime::connection(channel, &headers);
+        let threads = ThreadRuntimes::new(&options.address, headers);
         let shared = Arc::new(Shared {
             options,
             client,
@@ -181,7 +183,7 @@ impl RemoteMetadata {
             runtime.spawn(run_subscriber(shared.clone(), shutdown_receiver.clone())),
             runtime.spawn(run_heartbeat(shared.clone(), shutdown_receiver)),
         ];
-        Ok(RemoteMetadata { shared, runtime, shutdown, tasks: Mutex::new(tasks), replicas })
+        Ok(RemoteMetadata { shared, runtime, threads, shutdown, tasks: Mutex::new(tasks), replicas })
     }
 
     /// After a change to `ino`'s attributes (setattr, set_layout) sent at `since`: cache the
@@ -278,7 +280,10 @@ impl RemoteMetadata {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(NsError::Io("the MDS session is closed".to_string()));
         }
-        self.runtime.block_on(future)
+        match self.threads.current() {
+            Some(runtime) => runtime.block_on(owner(&self.shared), future),
+            None => self.runtime.block_on(future),
+        }
     }
 
     /// The attributes in a reply.
@@ -368,6 +373,11 @@ fn with_new_entry(mut directory: InodeAttr, child: &InodeAttr) -> InodeAttr {
 
 /// Send a request, retrying transport failures for the outage budget and reopening a lost
 /// session; see the module documentation.
+/// Which client a thread runtime's call belongs to.
+fn owner(shared: &Shared) -> usize {
+    std::ptr::from_ref(shared) as usize
+}
+
 async fn call<T, F, Fut>(shared: &Shared, mut send: F) -> Result<T, CallError>
 where
     F: FnMut(MdsConnection) -> Fut,
@@ -380,7 +390,8 @@ where
     let mut replayed = false;
     loop {
         let session_seen = shared.session.load(Ordering::Acquire);
-        let status = match tokio::time::timeout(shared.options.rpc_timeout, send(shared.client.clone())).await {
+        let client = thread_runtime::active_connection(owner(shared)).unwrap_or_else(|| shared.client.clone());
+        let status = match tokio::time::timeout(shared.options.rpc_timeout, send(client)).await {
             Ok(Ok(response)) => {
                 observe_progress(shared, response.metadata()).await;
                 return Ok(response.into_inner());
