@@ -83,14 +83,25 @@ pub fn endpoint_uri(address: &str) -> String {
 /// A channel that connects on first use and reconnects by itself after the MDS restarts.
 /// Must be called inside the runtime (tonic spawns the channel's worker there).
 pub fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(endpoint_uri(address))
-        .map_err(|error| ClientError::InvalidAddress { address: address.to_string(), reason: error.to_string() })?
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true)
+    let endpoint = endpoint(address)?
         .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
         .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
         .keep_alive_while_idle(true);
     Ok(endpoint.connect_lazy())
+}
+
+/// Like [`lazy_channel`], without HTTP/2 pings: for a connection only driven while a call
+/// waits on it (`thread_runtime`), where a ping left unanswered between calls would look
+/// like a dead MDS. A dead MDS shows there as a failed or timed-out call instead.
+pub fn lazy_channel_without_pings(address: &str) -> Result<Channel, ClientError> {
+    Ok(endpoint(address)?.connect_lazy())
+}
+
+fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
+    Ok(Endpoint::from_shared(endpoint_uri(address))
+        .map_err(|error| ClientError::InvalidAddress { address: address.to_string(), reason: error.to_string() })?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .tcp_nodelay(true))
 }
 
 /// Why a call failed.

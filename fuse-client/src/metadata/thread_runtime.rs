@@ -9,11 +9,11 @@
 //! itself while it waits: no hand-offs. Background work (the invalidation stream,
 //! heartbeats, acknowledgements, uploads) stays on the shared runtime.
 //!
-//! Between calls nothing drives a thread's connection; if the MDS closed it meanwhile, the
-//! next call sees a transport error and retries like after any outage (the channel
-//! reconnects by itself).
+//! Between calls nothing drives a thread's connection (so it sends no HTTP/2 pings); if the
+//! MDS closed it meanwhile, the next call sees a transport error and retries like after any
+//! outage (the channel reconnects by itself).
 
-use super::rpc::{lazy_channel, Headers, MdsConnection};
+use super::rpc::{lazy_channel_without_pings, Headers, MdsConnection};
 use crate::sync::{lock, Arc, Mutex};
 use cudele_proto::pb::mds_client::MdsClient;
 use std::cell::RefCell;
@@ -101,7 +101,7 @@ impl ThreadRuntimes {
         // The channel's worker is spawned on the runtime entered here.
         let channel = {
             let _entered = runtime.enter();
-            lazy_channel(&self.address).ok()?
+            lazy_channel_without_pings(&self.address).ok()?
         };
         let runtime =
             Arc::new(ThreadRuntime { runtime: Some(runtime), connection: connection(channel, &self.headers) });
