@@ -94,7 +94,8 @@ struct ReplicaArgs {
     /// replicas off.
     #[arg(long, default_value_t = 0, help_heading = "Replicas")]
     replica_deployments: u32,
-    /// Instances each deployment keeps at least.
+    /// Instances each deployment keeps at least (0: a deployment without demand for
+    /// --replica-idle-ms runs none, and its reads go to the MDS until a client wakes it).
     #[arg(long, default_value_t = 1, help_heading = "Replicas")]
     replica_min: u32,
     /// Instances each deployment runs at most.
@@ -106,7 +107,18 @@ struct ReplicaArgs {
     /// Least time between two scaling decisions of one deployment.
     #[arg(long, default_value_t = 2_000, help_heading = "Replicas")]
     replica_cooldown_ms: u64,
-    /// How long a deployment must have surplus instances before one is stopped.
+    /// The demand averaged over this window sets the instance count, up and down.
+    #[arg(long, default_value_t = 6_000, help_heading = "Replicas")]
+    replica_stable_window_ms: u64,
+    /// The demand averaged over this window scales up at once (panic) when it reaches
+    /// --replica-panic-threshold times what the current instances should carry.
+    #[arg(long, default_value_t = 1_000, help_heading = "Replicas")]
+    replica_panic_window_ms: u64,
+    /// Panic when the short window's demand reaches this many times the instances' target.
+    #[arg(long, default_value_t = 2.0, help_heading = "Replicas")]
+    replica_panic_threshold: f64,
+    /// With --replica-min 0: how long a deployment must have had no demand at all before its
+    /// last instance is stopped.
     #[arg(long, default_value_t = 10_000, help_heading = "Replicas")]
     replica_idle_ms: u64,
     /// An instance without a heartbeat for this long is dead (and a write that found it
@@ -235,6 +247,9 @@ fn serve(options: ServeOptions) -> Result<()> {
             max_instances: replicas.replica_max,
             target_concurrency: replicas.replica_target_concurrency,
             cooldown: Duration::from_millis(replicas.replica_cooldown_ms),
+            stable_window: Duration::from_millis(replicas.replica_stable_window_ms),
+            panic_window: Duration::from_millis(replicas.replica_panic_window_ms),
+            panic_threshold: replicas.replica_panic_threshold,
             idle: Duration::from_millis(replicas.replica_idle_ms),
             lease: Duration::from_millis(replicas.replica_lease_ms),
             ack_timeout: Duration::from_millis(replicas.replica_ack_timeout_ms),

@@ -1,16 +1,29 @@
-//! The autoscaler: per deployment, how many replica instances run, from the load they report.
+//! The autoscaler: per deployment, how many replica instances run, from the load they report
+//! (after Knative's KPA, which λFS §3.5 builds on: a stable window and a panic window).
 //!
 //! Every tick ([`ReplicaSettings::autoscale_interval`]) and for each deployment:
-//! - demand = the sum over its serving instances of their average concurrency (requests in
-//!   service or waiting, averaged over their last heartbeat interval); a client that found no
-//!   instance at all (Wake) counts as demand for one;
-//! - desired = ceil(demand / target concurrency), clamped to [min, max];
-//! - more wanted: launch the difference (at most [`SCALE_UP_STEP_MAX`] at once) unless the
-//!   last change is younger than the cooldown (below min, launch at once);
-//! - fewer wanted: only once the surplus has lasted the idle period (idle reap), and at most
-//!   [`SCALE_DOWN_STEP_MAX`] per cooldown: the least loaded instance is taken off the client
-//!   list (draining), and stopped a grace period later so clients learn of it first. It keeps
-//!   receiving invalidations until it is gone.
+//! - demand = the sum over its instances (draining ones too: they still serve until clients
+//!   drop them) of their average concurrency — requests in service or waiting, integrated
+//!   over their last heartbeat interval; it is recorded in a per-deployment history;
+//! - stable demand = its average over [`ReplicaSettings::stable_window`], panic demand = its
+//!   average over the shorter [`ReplicaSettings::panic_window`];
+//! - panic starts when the panic demand reaches [`ReplicaSettings::panic_threshold`] times
+//!   what the current instances should carry (current x target concurrency), and lasts a
+//!   stable window after the last such tick;
+//! - desired = ceil(stable demand / target concurrency); in panic the larger of that, the
+//!   panic window's count and the current count (no scale-down in panic); a client that
+//!   found no instance at all (wake) asks for at least one; the last instance stays until the
+//!   deployment has had no demand for [`ReplicaSettings::idle`] (idle reap, with min 0);
+//!   clamped to [min, max];
+//! - the count moves towards desired, in both directions, at most [`SCALE_UP_STEP_MAX`] /
+//!   [`SCALE_DOWN_STEP_MAX`] instances per decision and one decision per cooldown (a
+//!   deployment below min or at zero launches at once). Scaling down takes the least loaded
+//!   instances off the client list (draining) and stops them a grace period later, so
+//!   clients learn of it first; they receive invalidations until they are gone.
+//!
+//! Because both directions follow the same averaged demand, a short burst no longer ratchets
+//! the count up for a whole idle period, and a drop in load releases instances as soon as
+//! the stable average shows it rather than after a fixed wait.
 //!
 //! Instances launched but not registered count as capacity for [`LAUNCH_REGISTER_TIMEOUT`],
 //! then are stopped. An instance whose process the launcher saw exit is declared dead at once
@@ -19,7 +32,7 @@
 use crate::replica::launcher::{InstanceLauncher, LaunchSpec};
 use crate::replica::registry::{Instance, Registry};
 use crate::replica::settings::{ReplicaSettings, SCALE_DOWN_STEP_MAX, SCALE_UP_STEP_MAX};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -31,6 +44,8 @@ pub const LAUNCH_REGISTER_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DRAIN_GRACE: Duration = Duration::from_millis(1_000);
 /// Load reports older than this many heartbeat intervals do not count.
 const LOAD_REPORT_STALE_INTERVALS: u32 = 4;
+/// Demand samples kept per deployment (one per tick; the stable window needs fewer).
+const DEMAND_SAMPLES_MAX: usize = 4096;
 
 #[derive(Default)]
 struct DeploymentState {
@@ -39,14 +54,50 @@ struct DeploymentState {
     /// Taken off the client list: launch id -> when, stopped after [`DRAIN_GRACE`].
     draining: BTreeMap<u64, Instant>,
     last_change: Option<Instant>,
-    surplus_since: Option<Instant>,
+    /// Demand at each tick, oldest first, no older than the stable window.
+    demand_history: VecDeque<(Instant, f64)>,
+    /// In panic until then: no scale-down.
+    panic_until: Option<Instant>,
+    /// Last tick with demand or a wake (the idle reap counts from it).
+    last_active: Option<Instant>,
+}
+
+impl DeploymentState {
+    fn record_demand(&mut self, now: Instant, demand: f64, window: Duration) {
+        self.demand_history.push_back((now, demand));
+        while self.demand_history.len() > DEMAND_SAMPLES_MAX
+            || self.demand_history.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > window)
+        {
+            self.demand_history.pop_front();
+        }
+    }
+
+    /// Mean demand of the ticks younger than `window` (0 without any).
+    fn average_demand(&self, now: Instant, window: Duration) -> f64 {
+        let (sum, count) = self
+            .demand_history
+            .iter()
+            .rev()
+            .take_while(|(at, _)| now.saturating_duration_since(*at) < window)
+            .fold((0.0, 0u32), |(sum, count), (_, demand)| (sum + demand, count + 1));
+        if count == 0 {
+            0.0
+        } else {
+            sum / f64::from(count)
+        }
+    }
 }
 
 /// One deployment's scaling decision, for logs and tests.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Decision {
     pub deployment: u32,
+    /// Reported at this tick.
     pub demand: f64,
+    /// Averaged over the stable and the panic window.
+    pub stable_demand: f64,
+    pub panic_demand: f64,
+    pub panicking: bool,
     pub current: u32,
     pub desired: u32,
 }
@@ -105,6 +156,7 @@ impl Autoscaler {
         let (_, instances) = self.registry.snapshot();
         // Processes known to be gone stop counting now rather than at their lease's end.
         let mut serving: Vec<Vec<Instance>> = vec![Vec::new(); self.deployments.len()];
+        let mut reporting: Vec<Vec<Instance>> = vec![Vec::new(); self.deployments.len()];
         for instance in instances {
             if instance.launch_id != 0 && self.launcher.has_exited(instance.launch_id) {
                 self.registry.declare_dead(instance.id);
@@ -113,8 +165,9 @@ impl Autoscaler {
             let Some(state) = self.deployments.get_mut(instance.deployment as usize) else { continue };
             state.pending.remove(&instance.launch_id);
             if !instance.draining {
-                serving[instance.deployment as usize].push(instance);
+                serving[instance.deployment as usize].push(instance.clone());
             }
+            reporting[instance.deployment as usize].push(instance);
         }
         let wakes = self.registry.take_wakes();
         let fresh = self.registry.heartbeat_interval() * LOAD_REPORT_STALE_INTERVALS;
@@ -123,33 +176,54 @@ impl Autoscaler {
             let index = deployment as u32;
             self.expire_pending(deployment, now);
             self.stop_drained(deployment, now);
-            let demand: f64 = serving
+            let demand: f64 = reporting[deployment]
                 .iter()
                 .filter(|instance| instance.load_reported.is_some_and(|at| now.saturating_duration_since(at) <= fresh))
                 .map(|instance| instance.load.demand_milli as f64 / 1000.0)
                 .sum();
             let woken = wakes.contains(&index);
-            let state = &self.deployments[deployment];
+            let settings = &self.settings;
+            let target = settings.target_concurrency;
+            let state = &mut self.deployments[deployment];
             let current = serving.len() as u32 + state.pending.len() as u32;
-            let mut desired = desired_instances(demand, self.settings.target_concurrency);
+            state.record_demand(now, demand, settings.stable_window);
+            if demand > 0.0 || woken {
+                state.last_active = Some(now);
+            }
+            let stable_demand = state.average_demand(now, settings.stable_window);
+            let panic_demand = state.average_demand(now, settings.panic_window);
+            if panic_demand > 0.0 && panic_demand >= settings.panic_threshold * target * f64::from(current) {
+                state.panic_until = Some(now + settings.stable_window);
+            }
+            let panicking = state.panic_until.is_some_and(|until| now < until);
+            let mut desired = desired_instances(stable_demand, target);
+            if panicking {
+                desired = desired.max(desired_instances(panic_demand, target)).max(current);
+            }
             if woken {
                 desired = desired.max(1);
             }
-            let desired = desired.clamp(self.settings.min_instances, self.settings.max_instances);
-            decisions.push(Decision { deployment: index, demand, current, desired });
-            let cooled = state.last_change.is_none_or(|at| now.saturating_duration_since(at) >= self.settings.cooldown);
+            let recently_active = state.last_active.is_some_and(|at| now.saturating_duration_since(at) < settings.idle);
+            if desired == 0 && current > 0 && recently_active {
+                desired = 1;
+            }
+            let desired = desired.clamp(settings.min_instances, settings.max_instances);
+            decisions.push(Decision {
+                deployment: index,
+                demand,
+                stable_demand,
+                panic_demand,
+                panicking,
+                current,
+                desired,
+            });
+            let cooled = state.last_change.is_none_or(|at| now.saturating_duration_since(at) >= settings.cooldown);
             if desired > current {
-                self.deployments[deployment].surplus_since = None;
-                if cooled || current < self.settings.min_instances {
+                if cooled || current < settings.min_instances || current == 0 {
                     self.launch(index, (desired - current).min(SCALE_UP_STEP_MAX), now);
                 }
-            } else if desired < current {
-                let surplus_since = *self.deployments[deployment].surplus_since.get_or_insert(now);
-                if now.saturating_duration_since(surplus_since) >= self.settings.idle && cooled {
-                    self.drain(index, serving, (current - desired).min(SCALE_DOWN_STEP_MAX), now);
-                }
-            } else {
-                self.deployments[deployment].surplus_since = None;
+            } else if desired < current && cooled {
+                self.drain(index, serving, (current - desired).min(SCALE_DOWN_STEP_MAX), now);
             }
         }
         decisions
@@ -276,53 +350,140 @@ mod tests {
         registry.snapshot().1.iter().filter(|instance| !instance.draining).count()
     }
 
-    /// The autoscaler starts min instances, scales up with load after the cooldown, and back
-    /// down one at a time only after the surplus outlasts the idle period.
-    #[test]
-    fn scales_up_with_load_and_down_after_idle() {
+    fn autoscaler(settings: ReplicaSettings) -> (Arc<Registry>, Autoscaler) {
         let registry = Arc::new(Registry::new(1, Duration::from_secs(3600), Duration::from_secs(60)));
         let launcher = Arc::new(FakeLauncher {
             registry: registry.clone(),
             launched: Mutex::default(),
             stopped: Mutex::default(),
         });
+        let autoscaler = Autoscaler::new(registry.clone(), launcher, settings, "mds:1".into());
+        (registry, autoscaler)
+    }
+
+    fn at(start: Instant, milliseconds: u64) -> Instant {
+        start + Duration::from_millis(milliseconds)
+    }
+
+    /// A burst panics the autoscaler into scaling up after the cooldown without waiting for
+    /// the stable window; it does not scale down in panic, then goes straight to what the
+    /// stable demand needs, and never below min.
+    #[test]
+    fn panics_up_on_a_burst_and_scales_down_to_the_stable_demand() {
         let settings = ReplicaSettings {
             deployments: 1,
             min_instances: 1,
             max_instances: 4,
             target_concurrency: 2.0,
             cooldown: Duration::from_secs(1),
+            stable_window: Duration::from_secs(4),
+            panic_window: Duration::from_secs(1),
+            panic_threshold: 2.0,
             idle: Duration::from_secs(5),
             ..ReplicaSettings::default()
         };
-        let mut autoscaler = Autoscaler::new(registry.clone(), launcher.clone(), settings, "mds:1".into());
+        let (registry, mut autoscaler) = autoscaler(settings);
         let start = Instant::now();
         autoscaler.tick(start);
         assert_eq!(live(&registry), 1);
-        // Demand 7 per instance x 1 instance = 7 -> 4 instances (ceil(7/2) = 4), after cooldown only.
+        // Demand 7 on one instance: the panic window (with the idle tick before) says 3.5,
+        // short of 2 x 2.0 x 1; the stable window wants 2, but the cooldown holds it.
         report(&registry, 7.0);
-        let decisions = autoscaler.tick(start + Duration::from_millis(100));
-        assert_eq!(decisions[0].desired, 4);
+        let decisions = autoscaler.tick(at(start, 500));
+        assert!(!decisions[0].panicking);
+        assert_eq!(decisions[0].desired, 2);
         assert_eq!(live(&registry), 1, "cooldown holds the change");
+        // Demand 7 over the whole panic window: panic, ceil(7 / 2) = 4 at once.
         report(&registry, 7.0);
-        autoscaler.tick(start + Duration::from_millis(1100));
+        let decisions = autoscaler.tick(at(start, 1100));
+        assert!(decisions[0].panicking);
+        assert_eq!(decisions[0].desired, 4);
         assert_eq!(live(&registry), 4);
-        // Less load: nothing happens before the surplus has lasted the idle period.
+        // The load drops to 1 per instance (4 in all): no scale-down while in panic.
         report(&registry, 1.0);
-        autoscaler.tick(start + Duration::from_millis(2200));
-        assert_eq!(live(&registry), 4);
+        let decisions = autoscaler.tick(at(start, 2200));
+        assert!(decisions[0].panicking);
+        assert_eq!(live(&registry), 4, "no scale-down in panic");
+        // Panic over (a stable window after its last tick): the stable average is 4, which
+        // wants 2 instances, and the autoscaler goes there in one step.
         report(&registry, 1.0);
-        autoscaler.tick(start + Duration::from_millis(7300));
-        assert_eq!(live(&registry), 2, "demand 4 x 1.0 = 4 wants 2 instances");
+        let decisions = autoscaler.tick(at(start, 5200));
+        assert!(!decisions[0].panicking);
+        assert!((decisions[0].stable_demand - 4.0).abs() < 1e-9, "{decisions:?}");
+        assert_eq!(live(&registry), 2, "demand 4 / target 2.0 wants 2 instances");
         report(&registry, 0.0);
-        autoscaler.tick(start + Duration::from_millis(7400));
-        assert_eq!(live(&registry), 2, "cooldown spaces scale-down steps");
+        autoscaler.tick(at(start, 5400));
+        assert_eq!(live(&registry), 2, "cooldown spaces scaling decisions");
         for step in 0..10 {
             report(&registry, 0.0);
-            autoscaler.tick(start + Duration::from_millis(8500 + 1100 * step));
+            autoscaler.tick(at(start, 6500 + 1100 * step));
         }
         assert_eq!(live(&registry), 1, "min holds");
         assert_eq!(desired_instances(0.0, 2.0), 0);
         assert_eq!(desired_instances(4.01, 2.0), 3);
+    }
+
+    /// Demand that hovers around what the instances carry (250 ms reports alternating
+    /// between 1.5 and 2.4, 1.95 on average, target 1.0 x 2 instances) neither panics nor
+    /// ratchets the count up on its peaks.
+    #[test]
+    fn noisy_demand_does_not_ratchet_the_count_up() {
+        let settings = ReplicaSettings {
+            deployments: 1,
+            min_instances: 2,
+            max_instances: 4,
+            target_concurrency: 1.0,
+            cooldown: Duration::from_millis(500),
+            ..ReplicaSettings::default()
+        };
+        let (registry, mut autoscaler) = autoscaler(settings);
+        let start = Instant::now();
+        autoscaler.tick(start);
+        for step in 0..80u64 {
+            report(&registry, if step % 2 == 0 { 0.75 } else { 1.2 });
+            let decisions = autoscaler.tick(at(start, 250 * (step + 1)));
+            assert!(!decisions[0].panicking, "step {step}: {decisions:?}");
+            assert_eq!(live(&registry), 2, "step {step}: {decisions:?}");
+        }
+    }
+
+    /// With min 0 a deployment keeps its last instance until it has had no demand for the
+    /// idle period, then runs none; a wake (a client that found no instance) starts one at
+    /// once, cooldown or not.
+    #[test]
+    fn scales_to_zero_after_idle_and_wakes_at_once() {
+        let settings = ReplicaSettings {
+            deployments: 1,
+            min_instances: 0,
+            max_instances: 4,
+            target_concurrency: 1.0,
+            cooldown: Duration::from_secs(1),
+            stable_window: Duration::from_secs(1),
+            panic_window: Duration::from_millis(500),
+            idle: Duration::from_secs(2),
+            ..ReplicaSettings::default()
+        };
+        let (registry, mut autoscaler) = autoscaler(settings);
+        let start = Instant::now();
+        autoscaler.tick(start);
+        assert_eq!(live(&registry), 0, "nothing runs before anyone asks");
+        registry.wake(0);
+        autoscaler.tick(at(start, 100));
+        assert_eq!(live(&registry), 1, "a wake starts an instance");
+        report(&registry, 0.5);
+        autoscaler.tick(at(start, 200));
+        let mut milliseconds = 200;
+        while milliseconds < 2100 {
+            milliseconds += 100;
+            report(&registry, 0.0);
+            autoscaler.tick(at(start, milliseconds));
+            assert_eq!(live(&registry), 1, "the last instance stays within the idle period ({milliseconds} ms)");
+        }
+        report(&registry, 0.0);
+        autoscaler.tick(at(start, 2300));
+        assert_eq!(live(&registry), 0, "idle for 2 s: scaled to zero");
+        registry.wake(0);
+        autoscaler.tick(at(start, 2400));
+        assert_eq!(live(&registry), 1, "woken from zero within the cooldown");
     }
 }

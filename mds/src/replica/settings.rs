@@ -11,6 +11,8 @@ pub const INSTANCES_TOTAL_MAX: usize = 512;
 pub const SCALE_UP_STEP_MAX: u32 = 4;
 /// Instances a deployment loses in one autoscaling decision.
 pub const SCALE_DOWN_STEP_MAX: u32 = 4;
+/// Longest demand window the autoscaler keeps (bounds its per-deployment history).
+pub const DEMAND_WINDOW_MAX: Duration = Duration::from_secs(600);
 
 /// Defaults of an instance's capacity and cache (shared by the MDS's and the replica's CLI).
 pub const INSTANCE_CONCURRENCY_LIMIT_DEFAULT: u32 = 64;
@@ -58,10 +60,20 @@ pub struct ReplicaSettings {
     pub max_instances: u32,
     /// Average concurrent requests (in service or waiting) one instance should carry.
     pub target_concurrency: f64,
-    /// Least time between two scaling decisions of one deployment.
+    /// Least time between two scaling decisions of one deployment (starting the first
+    /// instance of a deployment below its minimum or woken from zero does not wait).
     pub cooldown: Duration,
-    /// How long a deployment must have more instances than its load needs before one is
-    /// stopped (idle reap).
+    /// The demand averaged over this window sets the instance count, up and down, outside
+    /// panic (Knative's stable window).
+    pub stable_window: Duration,
+    /// The demand averaged over this shorter window triggers panic when it reaches
+    /// `panic_threshold` times what the current instances should carry; in panic the count
+    /// follows the larger of both windows and never goes down, until a stable window has
+    /// passed without panic.
+    pub panic_window: Duration,
+    pub panic_threshold: f64,
+    /// With `min_instances == 0`: how long a deployment must have had no demand at all (no
+    /// request in flight, no wake) before its last instance is stopped (idle reap).
     pub idle: Duration,
     /// An instance that sends no heartbeat for this long is dead; it stops serving from its
     /// cache by itself a little earlier.
@@ -81,6 +93,9 @@ impl Default for ReplicaSettings {
             max_instances: 4,
             target_concurrency: 4.0,
             cooldown: Duration::from_millis(2_000),
+            stable_window: Duration::from_millis(6_000),
+            panic_window: Duration::from_millis(1_000),
+            panic_threshold: 2.0,
             idle: Duration::from_millis(10_000),
             lease: Duration::from_millis(2_000),
             ack_timeout: Duration::from_millis(500),
@@ -115,6 +130,20 @@ impl ReplicaSettings {
         }
         if !(self.target_concurrency.is_finite() && self.target_concurrency > 0.0) {
             return Err("--replica-target-concurrency must be a positive number".to_string());
+        }
+        if !(self.panic_threshold.is_finite() && self.panic_threshold > 1.0) {
+            return Err("--replica-panic-threshold must be a number above 1".to_string());
+        }
+        if self.stable_window.is_zero()
+            || self.panic_window.is_zero()
+            || self.panic_window > self.stable_window
+            || self.stable_window > DEMAND_WINDOW_MAX
+        {
+            return Err(format!(
+                "--replica-panic-window-ms must be positive and at most --replica-stable-window-ms, \
+                 which is at most {} ms",
+                DEMAND_WINDOW_MAX.as_millis()
+            ));
         }
         if self.lease.is_zero() || self.ack_timeout.is_zero() || self.autoscale_interval.is_zero() {
             return Err("replica lease, ACK timeout and autoscale interval must be positive".to_string());

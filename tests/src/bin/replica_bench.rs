@@ -96,8 +96,17 @@ struct Options {
     service_time_us: u64,
     #[arg(long, default_value_t = 2_000)]
     cooldown_ms: u64,
+    /// With --replica-min 0: how long a deployment without demand keeps its last instance.
     #[arg(long, default_value_t = 6_000)]
     idle_ms: u64,
+    /// The autoscaler's stable window (its average demand sets the count, up and down).
+    #[arg(long, default_value_t = 6_000)]
+    stable_window_ms: u64,
+    /// The autoscaler's panic window (a burst of twice the target scales up at once).
+    #[arg(long, default_value_t = 1_000)]
+    panic_window_ms: u64,
+    #[arg(long, default_value_t = 2.0)]
+    panic_threshold: f64,
     #[arg(long, default_value_t = 32)]
     directories: usize,
     #[arg(long, default_value_t = 48)]
@@ -312,6 +321,12 @@ fn start_mds(options: &Options, data_dir: &Path, deployments: u32, min: u32, max
         options.cooldown_ms.to_string(),
         "--replica-idle-ms".into(),
         options.idle_ms.to_string(),
+        "--replica-stable-window-ms".into(),
+        options.stable_window_ms.to_string(),
+        "--replica-panic-window-ms".into(),
+        options.panic_window_ms.to_string(),
+        "--replica-panic-threshold".into(),
+        options.panic_threshold.to_string(),
     ];
     let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
     MdsProcess::start(data_dir, &arguments)
@@ -471,11 +486,14 @@ fn keep_session_alive(mut api: Api, stop: Arc<AtomicBool>) {
 }
 
 /// One sample of the monitor.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct MonitorSample {
     at_ms: u64,
     live: usize,
     demand: f64,
+    /// Per deployment: listed instances and their summed reported demand.
+    live_per_deployment: Vec<usize>,
+    demand_per_deployment: Vec<f64>,
 }
 
 /// Part 1: the elastic run.
@@ -539,14 +557,26 @@ async fn run_elastic(options: &Options, directory: &Path) -> Result<Value> {
                 if let Ok(reply) = coordinator.list_deployments(pb::Empty {}).await {
                     let reply = reply.into_inner();
                     let live = reply.list.iter().map(|deployment| deployment.instances.len()).sum();
-                    let demand = reply
+                    let live_per_deployment = reply.list.iter().map(|deployment| deployment.instances.len()).collect();
+                    let demand_per_deployment: Vec<f64> = reply
                         .list
                         .iter()
-                        .flat_map(|deployment| deployment.instances.iter())
-                        .filter_map(|instance| instance.load.as_ref())
-                        .map(|load| load.demand_milli as f64 / 1000.0)
-                        .sum();
-                    samples.push(MonitorSample { at_ms: started.elapsed().as_millis() as u64, live, demand });
+                        .map(|deployment| {
+                            deployment
+                                .instances
+                                .iter()
+                                .filter_map(|instance| instance.load.as_ref())
+                                .map(|load| load.demand_milli as f64 / 1000.0)
+                                .sum()
+                        })
+                        .collect();
+                    samples.push(MonitorSample {
+                        at_ms: started.elapsed().as_millis() as u64,
+                        live,
+                        demand: demand_per_deployment.iter().sum(),
+                        live_per_deployment,
+                        demand_per_deployment,
+                    });
                 }
                 if last_cpu_at.elapsed() >= Duration::from_secs(1) {
                     let now = read_cpu();
@@ -647,6 +677,61 @@ async fn run_elastic(options: &Options, directory: &Path) -> Result<Value> {
         _ => 0.0,
     };
     let static_peak = peak as f64 * covered;
+    // A second baseline, from the offered load rather than from what the autoscaler chose:
+    // per deployment, the instances whose nominal capacity (concurrency limit / service
+    // time) carries its share of the peak phase's reads, run for the whole time.
+    let read_fraction = MIX
+        .iter()
+        .filter(|(operation, _)| matches!(operation, Operation::Read | Operation::Stat | Operation::Ls))
+        .map(|(_, weight)| weight)
+        .sum::<f64>()
+        / MIX.iter().map(|(_, weight)| weight).sum::<f64>();
+    let instance_capacity_reads = f64::from(options.concurrency_limit) / (options.service_time_us.max(1) as f64 / 1e6);
+    let peak_rate = rates.iter().copied().fold(0.0, f64::max);
+    let directory_shares: Vec<f64> = {
+        // Reads pick a directory uniformly, so a deployment's share is its share of them.
+        let model = model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let deployments = options.deployments.max(1);
+        let mut counts = vec![0usize; deployments as usize];
+        for directory in model.directories.iter().take(options.directories) {
+            counts[cudele_proto::partition::deployment_of(directory.ino, deployments) as usize] += 1;
+        }
+        counts.iter().map(|count| *count as f64 / options.directories.max(1) as f64).collect()
+    };
+    let capacity_instances: u32 = directory_shares
+        .iter()
+        .map(|share| {
+            ((peak_rate * read_fraction * share / instance_capacity_reads).ceil() as u32)
+                .clamp(options.replica_min, options.replica_max)
+        })
+        .sum();
+    let static_capacity = f64::from(capacity_instances) * covered;
+    // A third: per deployment, the instances its sustained peak demand needs at the target
+    // concurrency — the median of its reported demand within each phase, the largest over
+    // phases — so that a transient (the backlog of the first seconds) does not set it.
+    let phase_ms = options.phase_s.max(1) * 1000;
+    let sustained_peak_demand: Vec<f64> = (0..options.deployments as usize)
+        .map(|deployment| {
+            (0..rates.len() as u64)
+                .map(|phase| {
+                    let mut demands: Vec<f64> = monitor_samples
+                        .iter()
+                        .filter(|sample| sample.at_ms / phase_ms == phase)
+                        .filter_map(|sample| sample.demand_per_deployment.get(deployment).copied())
+                        .collect();
+                    demands.sort_by(f64::total_cmp);
+                    demands.get(demands.len() / 2).copied().unwrap_or(0.0)
+                })
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let sustained_instances: u32 = sustained_peak_demand
+        .iter()
+        .map(|demand| {
+            ((demand / options.target_concurrency).ceil() as u32).clamp(options.replica_min, options.replica_max)
+        })
+        .sum();
+    let static_sustained = f64::from(sustained_instances) * covered;
     let count = |outcome: Outcome| samples.iter().filter(|sample| sample.outcome == outcome).count();
     let reads = count(Outcome::ReplicaCache) + count(Outcome::ReplicaFilled);
     let saturated_seconds = timeline.iter().filter(|second| second["cpu_saturated"] == json!(true)).count();
@@ -680,12 +765,26 @@ async fn run_elastic(options: &Options, directory: &Path) -> Result<Value> {
             "static_peak": static_peak,
             "peak_instances": peak,
             "fraction_of_static": if static_peak > 0.0 { replica_seconds / static_peak } else { 0.0 },
+            "static_capacity": static_capacity,
+            "capacity_instances": capacity_instances,
+            "capacity_basis": "per deployment ceil(peak phase rate x read share x deployment's directory share / \
+                               (concurrency_limit / service_time)), clamped to [replica_min, replica_max]",
+            "deployment_directory_shares": directory_shares,
+            "fraction_of_static_capacity": if static_capacity > 0.0 { replica_seconds / static_capacity } else { 0.0 },
+            "static_sustained_peak": static_sustained,
+            "sustained_peak_instances": sustained_instances,
+            "sustained_peak_demand_per_deployment": sustained_peak_demand,
+            "sustained_basis": "per deployment ceil(largest per-phase median of its reported demand / target_concurrency), \
+                                clamped to [replica_min, replica_max]",
+            "fraction_of_static_sustained": if static_sustained > 0.0 { replica_seconds / static_sustained } else { 0.0 },
         },
         "peak_reported_demand": peak_demand,
         "cpu_saturated_seconds": saturated_seconds,
         "timeline": timeline,
         "instances": monitor_samples.iter().map(|sample| json!({
-            "at_ms": sample.at_ms, "live": sample.live, "demand": sample.demand })).collect::<Vec<_>>(),
+            "at_ms": sample.at_ms, "live": sample.live, "demand": sample.demand,
+            "live_per_deployment": sample.live_per_deployment,
+            "demand_per_deployment": sample.demand_per_deployment })).collect::<Vec<_>>(),
     }))
 }
 
@@ -853,22 +952,31 @@ fn plot(results: &Value, path: &Path) -> Result<()> {
     // Replica-seconds: elastic versus static provisioning for the peak.
     let elastic_seconds = elastic["replica_seconds"]["elastic"].as_f64().unwrap_or(0.0);
     let static_seconds = elastic["replica_seconds"]["static_peak"].as_f64().unwrap_or(0.0);
+    let capacity_seconds = elastic["replica_seconds"]["static_capacity"].as_f64().unwrap_or(0.0);
     let mut chart = ChartBuilder::on(&bottom_panels[1])
         .caption("replica-seconds", ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..2.0, 0f64..(static_seconds.max(elastic_seconds) * 1.15).max(1.0))?;
+        .build_cartesian_2d(
+            0f64..3.0,
+            0f64..(static_seconds.max(elastic_seconds).max(capacity_seconds) * 1.15).max(1.0),
+        )?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(2)
-        .x_label_formatter(&|x| if *x < 1.0 { "elastic".into() } else { "static peak".into() })
+        .x_labels(3)
+        .x_label_formatter(&|x| match *x {
+            x if x < 1.0 => "elastic".into(),
+            x if x < 2.0 => "static, peak count".into(),
+            _ => "static, peak capacity".into(),
+        })
         .y_desc("instance-seconds")
         .draw()?;
     chart.draw_series([
         Rectangle::new([(0.2, 0.0), (0.8, elastic_seconds)], GREEN.filled()),
         Rectangle::new([(1.2, 0.0), (1.8, static_seconds)], BLACK.mix(0.4).filled()),
+        Rectangle::new([(2.2, 0.0), (2.8, capacity_seconds)], BLACK.mix(0.2).filled()),
     ])?;
 
     // Scaling: reads per second per instance count, with the ideal line.
@@ -928,6 +1036,9 @@ async fn run(options: Options) -> Result<()> {
             "instance_service_time_us": options.service_time_us,
             "cooldown_ms": options.cooldown_ms,
             "idle_ms": options.idle_ms,
+            "stable_window_ms": options.stable_window_ms,
+            "panic_window_ms": options.panic_window_ms,
+            "panic_threshold": options.panic_threshold,
             "directories": options.directories,
             "files_per_directory": options.files_per_directory,
             "seed": options.seed,
@@ -945,7 +1056,8 @@ async fn run(options: Options) -> Result<()> {
     plot(&results, &png_path)?;
     let elastic = &results["elastic"];
     eprintln!(
-        "elastic: {:.0} ops/s over {:.0} s; p50 {} us, p99 {} us; replica-seconds {:.0} vs static peak {:.0} ({:.0}%); \
+        "elastic: {:.0} ops/s over {:.0} s; p50 {} us, p99 {} us; replica-seconds {:.0} vs static peak {:.0} ({:.0}%), \
+         vs static for the sustained peak {:.0} ({:.0}%), vs static at nominal capacity {:.0} ({:.0}%); \
          cache hits {:.1}% of replica reads; failures {}; CPU-saturated seconds {}",
         elastic["throughput_ops"].as_f64().unwrap_or(0.0),
         elastic["elapsed_s"].as_f64().unwrap_or(0.0),
@@ -954,6 +1066,10 @@ async fn run(options: Options) -> Result<()> {
         elastic["replica_seconds"]["elastic"].as_f64().unwrap_or(0.0),
         elastic["replica_seconds"]["static_peak"].as_f64().unwrap_or(0.0),
         elastic["replica_seconds"]["fraction_of_static"].as_f64().unwrap_or(0.0) * 100.0,
+        elastic["replica_seconds"]["static_sustained_peak"].as_f64().unwrap_or(0.0),
+        elastic["replica_seconds"]["fraction_of_static_sustained"].as_f64().unwrap_or(0.0) * 100.0,
+        elastic["replica_seconds"]["static_capacity"].as_f64().unwrap_or(0.0),
+        elastic["replica_seconds"]["fraction_of_static_capacity"].as_f64().unwrap_or(0.0) * 100.0,
         elastic["replica_cache_hit_fraction"].as_f64().unwrap_or(0.0) * 100.0,
         elastic["outcomes"]["failures"],
         elastic["cpu_saturated_seconds"],
