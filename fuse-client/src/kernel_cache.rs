@@ -28,7 +28,9 @@
 //!   nothing (ENOENT), then our reply in flight installs the old attributes. So the adapter
 //!   counts the lookup it hands out *before* replying, and an invalidation of an inode we
 //!   handed out but the kernel has not installed is retried until the kernel has it (or
-//!   forgot it), then sent once more after [`INSTALL_SETTLE`], because create-like replies
+//!   forgot it, or [`INSTALL_WAIT`] passed since the reply left: an inode handed out earlier
+//!   and missing now was evicted, or the mount is gone), then sent once more after
+//!   [`INSTALL_SETTLE`], because create-like replies
 //!   set the attributes just after the inode becomes visible, without a version check;
 //! - an invalidation that lands while a create-like reply (which the kernel does not
 //!   version-check) is being computed: the adapter compares the invalidation count from
@@ -73,11 +75,18 @@ pub struct KernelState {
     held: Mutex<Held>,
 }
 
+#[derive(Clone, Copy)]
+struct Lookups {
+    count: u64,
+    /// When we last handed one out: only a reply that recent can still be on its way.
+    last: Instant,
+}
+
 #[derive(Default)]
 struct Held {
     /// Inode -> lookups the kernel holds (it forgets them with FORGET): the inodes whose
     /// attributes it may cache, all of which `invalidate_all` must reach.
-    lookups: HashMap<Ino, u64>,
+    lookups: HashMap<Ino, Lookups>,
     /// Invalidations sent to the kernel so far (under the same lock as `lookups`, which is
     /// what makes [`KernelState::looked_up`] and [`KernelState::begin_invalidation`] agree).
     invalidations: u64,
@@ -129,7 +138,10 @@ impl KernelState {
     /// carry long TTLs even where the kernel does not version-check it.
     pub fn looked_up(&self, ino: Ino, since: u64) -> bool {
         let mut held = lock(&self.held);
-        *held.lookups.entry(ino).or_default() += 1;
+        let now = Instant::now();
+        let lookups = held.lookups.entry(ino).or_insert(Lookups { count: 0, last: now });
+        lookups.count += 1;
+        lookups.last = now;
         held.invalidations == since
     }
 
@@ -137,19 +149,28 @@ impl KernelState {
     pub fn forget(&self, ino: Ino, count: u64) {
         let mut held = lock(&self.held);
         if let Some(lookups) = held.lookups.get_mut(&ino) {
-            *lookups = lookups.saturating_sub(count);
-            if *lookups == 0 {
+            lookups.count = lookups.count.saturating_sub(count);
+            if lookups.count == 0 {
                 held.lookups.remove(&ino);
             }
         }
     }
 
-    /// Count an invalidation of `inodes` and say, per inode, whether we handed the kernel a
-    /// lookup of it (so a notification that finds nothing must wait for the install).
-    fn begin_invalidation(&self, inodes: &[Ino]) -> Vec<bool> {
+    /// Count an invalidation of `inodes` and say, per inode, until when a notification that
+    /// finds nothing must wait for the install: None unless we handed the kernel a lookup of
+    /// it within [`INSTALL_WAIT`] (an older reply has arrived; an inode the kernel lacks now
+    /// was evicted, or the mount is gone).
+    fn begin_invalidation(&self, inodes: &[Ino]) -> Vec<Option<Instant>> {
         let mut held = lock(&self.held);
         held.invalidations += 1;
-        inodes.iter().map(|ino| held.lookups.contains_key(ino)).collect()
+        let now = Instant::now();
+        inodes
+            .iter()
+            .map(|ino| {
+                let deadline = held.lookups.get(ino)?.last + INSTALL_WAIT;
+                (deadline > now).then_some(deadline)
+            })
+            .collect()
     }
 
     fn holds(&self, ino: Ino) -> bool {
@@ -182,12 +203,11 @@ impl KernelNotifier {
         KernelNotifier { device, state }
     }
 
-    /// Drop the kernel's attributes of `ino`. If we handed the kernel a lookup of it
-    /// (`handed_out`) but it holds no such inode yet, our reply is still on its way: wait
-    /// for the install (see the module documentation). Blocks the caller for at most
-    /// [`INSTALL_WAIT`], which only a reply in flight at that very moment costs.
-    fn invalidate_attrs(&self, ino: Ino, handed_out: bool) {
-        let deadline = Instant::now() + INSTALL_WAIT;
+    /// Drop the kernel's attributes of `ino`. If we handed the kernel a lookup of it lately
+    /// (`wait_until` is Some) but it holds no such inode, our reply may still be on its way:
+    /// wait for the install until then (see the module documentation). Only a reply in flight
+    /// at that very moment makes anyone wait, and never past [`INSTALL_WAIT`] after it left.
+    fn invalidate_attrs(&self, ino: Ino, wait_until: Option<Instant>) {
         let mut waited = false;
         loop {
             match inval_inode(&self.device, ino) {
@@ -199,8 +219,9 @@ impl KernelNotifier {
                     return;
                 }
                 Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
-                    if !handed_out || !self.state.holds(ino) {
-                        return; // the kernel has no copy, and none is on its way
+                    let Some(deadline) = wait_until else { return }; // no copy, none on its way
+                    if !self.state.holds(ino) {
+                        return; // the kernel forgot it
                     }
                     if Instant::now() >= deadline {
                         tracing::warn!(ino, "the kernel did not install an inode we replied with; not waiting longer");
@@ -231,9 +252,9 @@ impl KernelNotifier {
 
 impl KernelCache for KernelNotifier {
     fn invalidate(&self, inodes: &[Ino], entries: &[(Ino, Vec<u8>)]) {
-        let handed_out = self.state.begin_invalidation(inodes);
-        for (ino, handed_out) in inodes.iter().zip(handed_out) {
-            self.invalidate_attrs(*ino, handed_out);
+        let wait_until = self.state.begin_invalidation(inodes);
+        for (ino, wait_until) in inodes.iter().zip(wait_until) {
+            self.invalidate_attrs(*ino, wait_until);
         }
         if !entries.is_empty() {
             self.invalidate_entries();
@@ -243,9 +264,9 @@ impl KernelCache for KernelNotifier {
     fn invalidate_all(&self) {
         self.invalidate_entries();
         let inodes = self.state.known_inodes();
-        let handed_out = self.state.begin_invalidation(&inodes);
-        for (ino, handed_out) in inodes.into_iter().zip(handed_out) {
-            self.invalidate_attrs(ino, handed_out);
+        let wait_until = self.state.begin_invalidation(&inodes);
+        for (ino, wait_until) in inodes.into_iter().zip(wait_until) {
+            self.invalidate_attrs(ino, wait_until);
         }
     }
 }
@@ -318,7 +339,8 @@ mod tests {
         let before = state.invalidation_count();
         assert!(state.looked_up(7, before), "nothing invalidated meanwhile");
         let before = state.invalidation_count();
-        assert_eq!(state.begin_invalidation(&[7, 8]), vec![true, false], "7 was handed out, 8 never");
+        let waits = state.begin_invalidation(&[7, 8]);
+        assert!(waits[0].is_some() && waits[1].is_none(), "7 was just handed out, 8 never: {waits:?}");
         assert!(!state.looked_up(8, before), "an invalidation landed while the reply was computed");
         assert!(state.holds(8));
         state.forget(8, 1);
