@@ -181,13 +181,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{}", serde_json::to_string(&report).map_err(|error| error.to_string())?);
             } else {
                 println!(
-                    "scanned {} objects of {} inodes; {} {} objects of deleted files and {} past a file's end \
+                    "scanned {} objects of {} inodes; {} {} objects of deleted files and {} unpublished \
                      ({} bytes); {} too recent to touch",
                     report.objects_scanned,
                     report.inodes_scanned,
                     if dry_run { "would delete" } else { "deleted" },
                     report.objects_of_deleted_inodes,
-                    report.objects_past_size,
+                    report.objects_unpublished,
                     report.bytes_freed,
                     report.objects_too_recent
                 );

@@ -10,7 +10,7 @@ mod common;
 use common::{Mds, WAIT_MS};
 use cudele_client::data::ChunkStore;
 use cudele_client::fs::CudeleFs;
-use cudele_client::metadata::{Metadata, Owner, RemoteMetadata, RemoteOptions, SetAttrChanges};
+use cudele_client::metadata::{LayoutUpdate, Metadata, Owner, RemoteMetadata, RemoteOptions, SetAttrChanges};
 use cudele_client::runtime::Blocking;
 use cudele_journal::store::{JournalStore, StoreOptions};
 use cudele_journal::{FileKind, RenameMode, Timestamp, XattrMode, ROOT_INO};
@@ -61,7 +61,8 @@ fn invalidations_keep_two_clients_coherent() {
 
     a.setattr(ino, &SetAttrChanges { mode: Some(0o600), ..Default::default() }).expect("chmod");
     assert_eq!(b.getattr(ino).expect("getattr").attr.perm, 0o600);
-    a.set_layout(ino, 1234, 4096, Timestamp::now()).expect("layout");
+    let layout = LayoutUpdate { size: 1234, chunk_size_bytes: 4096, mtime: Timestamp::now(), chunks: Vec::new() };
+    a.set_layout(ino, &layout).expect("layout");
     assert_eq!(b.getattr(ino).expect("getattr").attr.size, 1234);
 
     assert_eq!(errno(b.getxattr(ino, b"user.k", 0)), libc::ENODATA);

@@ -4,6 +4,10 @@
 //! configuration (little endian, variable-length integers). A typical create record is 44
 //! bytes, 52 with framing (see the `create_record_is_small` test).
 //!
+//! Version 1 payloads (before set-layout events carried chunk versions) still decode: they
+//! differ from version 2 only in `SetLayout`, which had no `chunks` field; such an event
+//! decodes with no chunk updates.
+//!
 //! Events are validated before they are encoded by the segment builder and again after they
 //! are decoded, so a record that is accepted on write is exactly the set accepted on read.
 
@@ -11,13 +15,24 @@ use bincode::config::{Configuration, LittleEndian, Varint};
 
 use crate::error::JournalError;
 use crate::event::{
-    Event, FileKind, Ino, Record, Timestamp, NAME_LENGTH_MAX_BYTES, SYMLINK_TARGET_LENGTH_MAX_BYTES,
+    ChunkUpdate, Event, FileKind, Ino, Record, Timestamp, NAME_LENGTH_MAX_BYTES, SYMLINK_TARGET_LENGTH_MAX_BYTES,
     XATTR_VALUE_LENGTH_MAX_BYTES,
 };
 
 /// Version of the payload encoding; bump it (and keep a decoder for the old one) whenever the
 /// encoding of [`Event`] changes, including adding a variant.
-pub const EVENT_FORMAT_VERSION: u8 = 1;
+pub const EVENT_FORMAT_VERSION: u8 = 2;
+
+/// The payload encoding before `SetLayout` carried `chunks` (decoded, never written).
+pub const EVENT_FORMAT_VERSION_WITHOUT_CHUNKS: u8 = 1;
+
+/// Position of `Event::SetLayout` among the variants (bincode encodes a variant as its
+/// index); the only variant whose encoding differs between versions 1 and 2.
+const SET_LAYOUT_VARIANT_INDEX: u32 = 10;
+
+/// Most chunk updates one set-layout event carries (about 20 bytes each encoded, so an
+/// event stays far below [`RECORD_PAYLOAD_LENGTH_MAX_BYTES`]).
+pub const LAYOUT_CHUNK_UPDATES_MAX: usize = 4096;
 
 /// Largest encoded record payload (version byte included), in bytes. The largest valid event
 /// is a setxattr with a 64 KiB value; this leaves room without letting a hostile length
@@ -58,16 +73,39 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
 /// version, trailing bytes, undecodable bytes and invalid events; never panics.
 pub fn decode_record(payload: &[u8]) -> Result<Record, JournalError> {
     let (&version, encoded) = payload.split_first().ok_or(JournalError::EmptyPayload)?;
-    if version != EVENT_FORMAT_VERSION {
-        return Err(JournalError::UnsupportedEventFormat { found: version, supported: EVENT_FORMAT_VERSION });
-    }
-    let (record, read_bytes): (Record, usize) = bincode::decode_from_slice(encoded, DECODE_CONFIGURATION)
+    let record = match version {
+        EVENT_FORMAT_VERSION => decode_whole::<Record>(encoded)?,
+        EVENT_FORMAT_VERSION_WITHOUT_CHUNKS => decode_version_without_chunks(encoded)?,
+        _ => return Err(JournalError::UnsupportedEventFormat { found: version, supported: EVENT_FORMAT_VERSION }),
+    };
+    validate_record(&record)?;
+    Ok(record)
+}
+
+/// Decodes `T` from all of `encoded` (trailing bytes are an error).
+fn decode_whole<T: bincode::Decode<()>>(encoded: &[u8]) -> Result<T, JournalError> {
+    let (value, read_bytes): (T, usize) = bincode::decode_from_slice(encoded, DECODE_CONFIGURATION)
         .map_err(|cause| JournalError::Undecodable { cause })?;
     if read_bytes != encoded.len() {
         return Err(JournalError::TrailingBytes { trailing_bytes: encoded.len() - read_bytes });
     }
-    validate_record(&record)?;
-    Ok(record)
+    Ok(value)
+}
+
+/// A version 1 record: every variant but `SetLayout` encodes as in version 2; a version 1
+/// `SetLayout` is its four fields without `chunks`.
+fn decode_version_without_chunks(encoded: &[u8]) -> Result<Record, JournalError> {
+    let undecodable = |cause| JournalError::Undecodable { cause };
+    let (seq, seq_bytes): (u64, usize) =
+        bincode::decode_from_slice(encoded, DECODE_CONFIGURATION).map_err(undecodable)?;
+    let (variant, variant_bytes): (u32, usize) =
+        bincode::decode_from_slice(&encoded[seq_bytes..], DECODE_CONFIGURATION).map_err(undecodable)?;
+    if variant != SET_LAYOUT_VARIANT_INDEX {
+        return decode_whole::<Record>(encoded);
+    }
+    let (ino, size, chunk_size_bytes, mtime) =
+        decode_whole::<(Ino, u64, u32, Timestamp)>(&encoded[seq_bytes + variant_bytes..])?;
+    Ok(Record { seq, event: Event::SetLayout { ino, size, chunk_size_bytes, mtime, chunks: Vec::new() } })
 }
 
 /// Checks what every journal writer and reader must agree on: sequence numbers start at 1,
@@ -152,9 +190,10 @@ pub fn validate_event(event: &Event) -> Result<(), JournalError> {
             check(bytes_without_nul("name", name, 1, XATTR_NAME_LENGTH_MAX_BYTES))?;
             check(timestamp("time", time))
         }
-        Event::SetLayout { ino, size: _, chunk_size_bytes: _, mtime } => {
+        Event::SetLayout { ino, size: _, chunk_size_bytes, mtime, chunks } => {
             check(inode_number("ino", *ino))?;
-            check(timestamp("mtime", mtime))
+            check(timestamp("mtime", mtime))?;
+            check(chunk_updates(*chunk_size_bytes, chunks))
         }
         Event::Decouple { ino, owner: _, range, policy } => {
             check(inode_number("ino", *ino))?;
@@ -233,6 +272,29 @@ fn timestamp(field: &str, time: &Timestamp) -> Result<(), String> {
     Ok(())
 }
 
+/// At most [`LAYOUT_CHUNK_UPDATES_MAX`], strictly increasing indexes, each no longer than a
+/// chunk (so a chunk size is given when there are any).
+fn chunk_updates(chunk_size_bytes: u32, chunks: &[ChunkUpdate]) -> Result<(), String> {
+    if chunks.len() > LAYOUT_CHUNK_UPDATES_MAX {
+        return Err(format!("chunks has {} updates, the limit is {LAYOUT_CHUNK_UPDATES_MAX}", chunks.len()));
+    }
+    if !chunks.is_empty() && chunk_size_bytes == 0 {
+        return Err("chunks given with chunk size 0".to_string());
+    }
+    for pair in chunks.windows(2) {
+        if pair[0].index >= pair[1].index {
+            return Err(format!("chunks index {} does not increase", pair[1].index));
+        }
+    }
+    if let Some(update) = chunks.iter().find(|update| update.chunk.length_bytes > chunk_size_bytes) {
+        return Err(format!(
+            "chunks index {} is {} bytes, longer than the chunk size {chunk_size_bytes}",
+            update.index, update.chunk.length_bytes
+        ));
+    }
+    Ok(())
+}
+
 fn inode_range(field: &str, start: Ino, end: Ino) -> Result<(), String> {
     if start == 0 {
         return Err(format!("{field} starts at inode 0"));
@@ -246,7 +308,7 @@ fn inode_range(field: &str, start: Ino, end: Ino) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{AttrChanges, InodeRange};
+    use crate::event::{AttrChanges, ChunkRef, ChunkVersion, InodeRange};
     use crate::segment::FRAME_HEADER_BYTES;
 
     fn typical_create_record() -> Record {
@@ -293,8 +355,62 @@ mod tests {
         encode_record(&typical_create_record(), &mut payload);
         payload[0] = EVENT_FORMAT_VERSION + 1;
         let error = decode_record(&payload).expect_err("future version");
-        assert!(matches!(error, JournalError::UnsupportedEventFormat { found: 2, supported: 1 }));
+        assert!(matches!(error, JournalError::UnsupportedEventFormat { found: 3, supported: 2 }));
         assert!(matches!(decode_record(&[]), Err(JournalError::EmptyPayload)));
+    }
+
+    fn layout_event(chunks: Vec<ChunkUpdate>) -> Event {
+        Event::SetLayout {
+            ino: 42,
+            size: 5 << 20,
+            chunk_size_bytes: 4 << 20,
+            mtime: Timestamp { seconds: 1_767_225_600, nanoseconds: 5 },
+            chunks,
+        }
+    }
+
+    fn chunk_update(index: u64, serial: u64, length_bytes: u32) -> ChunkUpdate {
+        ChunkUpdate { index, chunk: ChunkRef { version: ChunkVersion { writer: 7, serial }, length_bytes } }
+    }
+
+    /// A set-layout event with its chunk updates survives a round trip.
+    #[test]
+    fn layout_round_trip() {
+        let record =
+            Record { seq: 9, event: layout_event(vec![chunk_update(0, 1, 4 << 20), chunk_update(1, 2, 1 << 20)]) };
+        let mut payload = Vec::new();
+        encode_record(&record, &mut payload);
+        assert_eq!(payload[0], EVENT_FORMAT_VERSION);
+        assert_eq!(decode_record(&payload).expect("valid payload"), record);
+    }
+
+    /// Version 1 payloads still decode: a set-layout event without chunk updates, and every
+    /// other event as it was.
+    #[test]
+    fn version_without_chunks_decodes() {
+        let mtime = Timestamp { seconds: 1_767_225_600, nanoseconds: 5 };
+        // Version 1 SetLayout: seq, variant index, ino, size, chunk size, mtime.
+        let mut payload = vec![EVENT_FORMAT_VERSION_WITHOUT_CHUNKS];
+        let fields = (9u64, SET_LAYOUT_VARIANT_INDEX, 42u64, 5u64 << 20, 4u32 << 20, mtime);
+        bincode::encode_into_std_write(fields, &mut payload, bincode::config::standard()).expect("encode");
+        let record = decode_record(&payload).expect("version 1 set-layout");
+        assert_eq!(record, Record { seq: 9, event: layout_event(Vec::new()) });
+        // The variant index constant is right: version 2 puts SetLayout at that index.
+        let mut current = Vec::new();
+        encode_record(&record, &mut current);
+        let (_, seq_bytes): (u64, usize) =
+            bincode::decode_from_slice(&current[1..], DECODE_CONFIGURATION).expect("seq");
+        let (variant, _): (u32, usize) =
+            bincode::decode_from_slice(&current[1 + seq_bytes..], DECODE_CONFIGURATION).expect("variant");
+        assert_eq!(variant, SET_LAYOUT_VARIANT_INDEX);
+        // Other events encode identically in both versions.
+        let mut old = Vec::new();
+        encode_record(&typical_create_record(), &mut old);
+        old[0] = EVENT_FORMAT_VERSION_WITHOUT_CHUNKS;
+        assert_eq!(decode_record(&old).expect("version 1 create"), typical_create_record());
+        // A version 1 set-layout with bytes after its fields is refused.
+        payload.push(0);
+        assert!(matches!(decode_record(&payload), Err(JournalError::TrailingBytes { trailing_bytes: 1 })));
     }
 
     /// Bytes after the encoded record are an error, not ignored.
@@ -340,6 +456,24 @@ mod tests {
                 "time has 1000000000 nanoseconds",
             ),
             (Event::AllocateInodes { owner: 1, range: InodeRange { start: 10, end: 5 } }, "reversed"),
+            (layout_event(vec![chunk_update(1, 1, 1), chunk_update(1, 2, 1)]), "index 1 does not increase"),
+            (layout_event(vec![chunk_update(0, 1, (4 << 20) + 1)]), "longer than the chunk size"),
+            (
+                Event::SetLayout {
+                    ino: 2,
+                    size: 1,
+                    chunk_size_bytes: 0,
+                    mtime: time,
+                    chunks: vec![chunk_update(0, 1, 0)],
+                },
+                "chunk size 0",
+            ),
+            (
+                layout_event(
+                    (0..=LAYOUT_CHUNK_UPDATES_MAX as u64).map(|index| chunk_update(index, index, 1)).collect(),
+                ),
+                "the limit is 4096",
+            ),
         ];
         for (event, expected) in cases {
             let error = validate_event(&event).expect_err("invalid event");

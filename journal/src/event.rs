@@ -102,6 +102,33 @@ impl InodeRange {
     }
 }
 
+/// Which write made a chunk object (see the client's `data` module): the writer's session
+/// (session ids are never reused) and a number that writer never repeats. Object names carry
+/// it, so no two writes ever share an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode, Serialize, Deserialize)]
+pub struct ChunkVersion {
+    pub writer: SessionId,
+    pub serial: u64,
+}
+
+/// A published chunk: the object version a file's chunk reads from, and how many leading
+/// bytes of that object are data (a truncate shortens this; the object is never changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub version: ChunkVersion,
+    pub length_bytes: u32,
+}
+
+/// One entry of a [`Event::SetLayout`]: chunk `index` of the file now reads from `chunk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
+pub struct ChunkUpdate {
+    pub index: u64,
+    pub chunk: ChunkRef,
+}
+
+/// A file's published chunks by index; an index without an entry is a hole (zeros).
+pub type ChunkMap = std::collections::BTreeMap<u64, ChunkRef>;
+
 /// One namespace mutation. Names are raw bytes, as Linux names are.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub enum Event {
@@ -178,13 +205,15 @@ pub enum Event {
         name: Vec<u8>,
         time: Timestamp,
     },
-    /// The client wrote file data: the new size and modification time (data chunks are in
-    /// the object store, keyed by inode; see the client's data module).
+    /// The client wrote file data: the new size and modification time, and the chunk objects
+    /// it uploaded under fresh versions, which this event publishes (sorted by index, at most
+    /// `codec::LAYOUT_CHUNK_UPDATES_MAX`). Chunks at or past `size` are dropped from the map.
     SetLayout {
         ino: Ino,
         size: u64,
         chunk_size_bytes: u32,
         mtime: Timestamp,
+        chunks: Vec<ChunkUpdate>,
     },
     /// The directory `ino` is decoupled: `owner` applies its subtree locally, allocating
     /// inodes from `range`, under `policy` (the policies.yml text).

@@ -12,8 +12,8 @@ use cudele_journal::codec::{
 };
 use cudele_journal::segment::{read_segment, FrameReader, SegmentBuilder, SegmentHeader, SEGMENT_HEADER_BYTES};
 use cudele_journal::{
-    AttrChanges, Event, FileKind, Ino, InodeRange, Record, RenameMode, Timestamp, XattrMode, NAME_LENGTH_MAX_BYTES,
-    SYMLINK_TARGET_LENGTH_MAX_BYTES, XATTR_VALUE_LENGTH_MAX_BYTES,
+    AttrChanges, ChunkRef, ChunkUpdate, ChunkVersion, Event, FileKind, Ino, InodeRange, Record, RenameMode, Timestamp,
+    XattrMode, NAME_LENGTH_MAX_BYTES, SYMLINK_TARGET_LENGTH_MAX_BYTES, XATTR_VALUE_LENGTH_MAX_BYTES,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -70,6 +70,18 @@ fn inode_range() -> impl Strategy<Value = InodeRange> {
 
 fn policy_text() -> impl Strategy<Value = Vec<u8>> {
     bytes_without(b"", 0, POLICY_TEXT_LENGTH_MAX_BYTES)
+}
+
+/// Chunk updates with strictly increasing indexes (lengths are cut to the chunk size later).
+fn chunk_updates() -> impl Strategy<Value = Vec<ChunkUpdate>> {
+    proptest::collection::btree_map(any::<u64>(), (any::<u64>(), any::<u64>(), any::<u32>()), 0..8).prop_map(|map| {
+        map.into_iter()
+            .map(|(index, (writer, serial, length_bytes))| ChunkUpdate {
+                index,
+                chunk: ChunkRef { version: ChunkVersion { writer, serial }, length_bytes },
+            })
+            .collect()
+    })
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -164,8 +176,18 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(ino, name, value, mode, time)| Event::SetXattr { ino, name, value, mode, time }),
         (ino(), bytes_without(b"\0", 1, XATTR_NAME_LENGTH_MAX_BYTES), timestamp())
             .prop_map(|(ino, name, time)| Event::RemoveXattr { ino, name, time }),
-        (ino(), any::<u64>(), any::<u32>(), timestamp())
-            .prop_map(|(ino, size, chunk_size_bytes, mtime)| Event::SetLayout { ino, size, chunk_size_bytes, mtime }),
+        (ino(), any::<u64>(), 1..=u32::MAX, timestamp(), chunk_updates()).prop_map(
+            |(ino, size, chunk_size_bytes, mtime, chunks)| {
+                let chunks = chunks
+                    .into_iter()
+                    .map(|mut update| {
+                        update.chunk.length_bytes = update.chunk.length_bytes.min(chunk_size_bytes);
+                        update
+                    })
+                    .collect();
+                Event::SetLayout { ino, size, chunk_size_bytes, mtime, chunks }
+            }
+        ),
         (ino(), any::<u64>(), inode_range(), policy_text()).prop_map(|(ino, owner, range, policy)| Event::Decouple {
             ino,
             owner,

@@ -3,12 +3,13 @@
 
 use crate::metrics_names;
 use crate::server::{Mds, Unsafe};
-use cudele_journal::{AttrChanges, Event, SessionId, Timestamp, ROOT_INO};
+use cudele_journal::{AttrChanges, ChunkUpdate, Event, SessionId, Timestamp, ROOT_INO};
 use cudele_namespace::namespace::INODE_RANGE_LENGTH_MAX;
 use cudele_namespace::{Namespace, NsError, NsResult};
 use cudele_proto::auth::SESSION_HEADER;
 use cudele_proto::convert::{
-    attr_to_wire, kind_from_wire, kind_to_wire, rename_mode_from_wire, time_from_wire, xattr_mode_from_wire,
+    attr_to_wire, chunk_from_wire, chunk_to_wire, kind_from_wire, kind_to_wire, rename_mode_from_wire, time_from_wire,
+    xattr_mode_from_wire,
 };
 use cudele_proto::early;
 use cudele_proto::pb::{self, mds_server};
@@ -49,7 +50,7 @@ fn session_of<T>(mds: &Mds, request: &Request<T>) -> Result<SessionId, Status> {
 
 fn attr_reply(namespace: &Namespace, ino: u64) -> NsResult<pb::AttrReply> {
     let record = namespace.record(ino)?;
-    Ok(pb::AttrReply { attr: Some(attr_to_wire(&record.attr, record.chunk_size_bytes)) })
+    Ok(pb::AttrReply { attr: Some(attr_to_wire(record)) })
 }
 
 fn created_ino(event: &Event) -> u64 {
@@ -404,14 +405,7 @@ impl mds_server::Mds for MdsService {
                     .into_iter()
                     .take(limit)
                     .map(|entry| {
-                        let attr = if request.plus {
-                            namespace
-                                .record(entry.ino)
-                                .ok()
-                                .map(|record| attr_to_wire(&record.attr, record.chunk_size_bytes))
-                        } else {
-                            None
-                        };
+                        let attr = if request.plus { namespace.record(entry.ino).ok().map(attr_to_wire) } else { None };
                         pb::DirEntry { name: entry.name, ino: entry.ino, kind: kind_to_wire(entry.kind) as i32, attr }
                     })
                     .collect();
@@ -507,24 +501,42 @@ impl mds_server::Mds for MdsService {
         .await
     }
 
-    async fn set_layout(&self, request: Request<pb::SetLayoutRequest>) -> Reply<pb::AttrReply> {
+    async fn set_layout(&self, request: Request<pb::SetLayoutRequest>) -> Reply<pb::SetLayoutReply> {
         let origin = session_of(&self.mds, &request)?;
         let request = request.into_inner();
         let ino = request.ino;
+        let chunks: Vec<ChunkUpdate> = request.chunks.iter().map(chunk_from_wire).collect();
+        // The chunks this layout replaces, read under the same lock the event applies in,
+        // so the writer deletes exactly what stopped being published.
+        let superseded = std::sync::Mutex::new(Vec::new());
         instrumented(
             &self.mds,
             "setlayout",
             self.mds.mutate(
                 origin,
-                |_| {
+                |namespace| {
+                    let published = &namespace.record(ino)?.chunks;
+                    *superseded.lock().expect("superseded lock poisoned") = chunks
+                        .iter()
+                        .filter_map(|update| {
+                            let old = published.get(&update.index)?;
+                            (old.version != update.chunk.version)
+                                .then_some(ChunkUpdate { index: update.index, chunk: *old })
+                        })
+                        .collect::<Vec<_>>();
                     Ok(Event::SetLayout {
                         ino,
                         size: request.size,
                         chunk_size_bytes: request.chunk_size_bytes,
                         mtime: request.mtime.map(|t| time_from_wire(Some(t))).unwrap_or_else(Timestamp::now),
+                        chunks,
                     })
                 },
-                |namespace, _| attr_reply(namespace, ino),
+                |namespace, _| {
+                    let attr = Some(attr_to_wire(namespace.record(ino)?));
+                    let superseded = std::mem::take(&mut *superseded.lock().expect("superseded lock poisoned"));
+                    Ok(pb::SetLayoutReply { attr, superseded: superseded.iter().map(chunk_to_wire).collect() })
+                },
             ),
         )
         .await

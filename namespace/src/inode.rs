@@ -1,7 +1,7 @@
 //! The persisted form of one inode and the attributes clients see.
 
 use bincode::{Decode, Encode};
-use cudele_journal::{FileKind, Ino, InodeRange, SessionId, Timestamp};
+use cudele_journal::{ChunkMap, ChunkRef, FileKind, Ino, InodeRange, SessionId, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -50,11 +50,62 @@ pub struct InodeRecord {
     /// policies.yml attached to this directory.
     pub policy: Option<Vec<u8>>,
     pub decoupling: Option<Decoupling>,
+    /// For regular files: the published chunk objects by index (see `Event::SetLayout`); a
+    /// chunk without an entry reads as zeros. Never holds a chunk at or past the size, nor
+    /// bytes past it.
+    pub chunks: ChunkMap,
 }
 
 impl InodeRecord {
     pub fn is_directory(&self) -> bool {
         self.attr.kind == FileKind::Directory
+    }
+
+    /// Drop the chunks at or past the size and shorten the one it falls in (after the size
+    /// changed), so that bytes past the size never come back when the file grows again.
+    pub fn clip_chunks(&mut self) {
+        let size = self.attr.size;
+        let chunk_size = u64::from(self.chunk_size_bytes);
+        if chunk_size == 0 {
+            self.chunks.clear();
+            return;
+        }
+        let first_past = size.div_ceil(chunk_size);
+        self.chunks.split_off(&first_past);
+        if let Some((index, chunk)) = self.chunks.last_key_value().map(|(index, chunk)| (*index, *chunk)) {
+            let data_bytes = size.saturating_sub(index.saturating_mul(chunk_size));
+            if u64::from(chunk.length_bytes) > data_bytes {
+                let length_bytes = u32::try_from(data_bytes).unwrap_or(u32::MAX);
+                self.chunks.insert(index, ChunkRef { length_bytes, ..chunk });
+            }
+        }
+    }
+}
+
+/// An inode record as stored before records carried `chunks` (decoded, never written).
+#[derive(Debug, Clone, PartialEq, Eq, Decode)]
+pub(crate) struct InodeRecordWithoutChunks {
+    pub attr: Attr,
+    pub parent: Ino,
+    pub symlink_target: Vec<u8>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub chunk_size_bytes: u32,
+    pub policy: Option<Vec<u8>>,
+    pub decoupling: Option<Decoupling>,
+}
+
+impl From<InodeRecordWithoutChunks> for InodeRecord {
+    fn from(old: InodeRecordWithoutChunks) -> Self {
+        InodeRecord {
+            attr: old.attr,
+            parent: old.parent,
+            symlink_target: old.symlink_target,
+            xattrs: old.xattrs,
+            chunk_size_bytes: old.chunk_size_bytes,
+            policy: old.policy,
+            decoupling: old.decoupling,
+            chunks: ChunkMap::new(),
+        }
     }
 }
 

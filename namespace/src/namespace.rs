@@ -9,8 +9,8 @@ use crate::error::{NsError, NsResult};
 use crate::inode::{Attr, Decoupling, DirEntry, InodeRecord, SessionRecord};
 use crate::store_key::{encode_value, StoreKey, StoreOp, StoreValue};
 use cudele_journal::{
-    AttrChanges, Event, FileKind, Ino, InodeRange, RenameMode, SessionId, Timestamp, XattrMode, NAME_LENGTH_MAX_BYTES,
-    ROOT_INO, SYMLINK_TARGET_LENGTH_MAX_BYTES, XATTR_VALUE_LENGTH_MAX_BYTES,
+    AttrChanges, ChunkMap, Event, FileKind, Ino, InodeRange, RenameMode, SessionId, Timestamp, XattrMode,
+    NAME_LENGTH_MAX_BYTES, ROOT_INO, SYMLINK_TARGET_LENGTH_MAX_BYTES, XATTR_VALUE_LENGTH_MAX_BYTES,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -123,6 +123,7 @@ impl Namespace {
             chunk_size_bytes: 0,
             policy: None,
             decoupling: None,
+            chunks: ChunkMap::new(),
         };
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, Inode { record: root, children: Some(BTreeMap::new()) });
@@ -138,7 +139,7 @@ impl Namespace {
             match value {
                 StoreValue::Inode(record) => {
                     let children = record.is_directory().then(BTreeMap::new);
-                    namespace.inodes.insert(record.attr.ino, Inode { record, children });
+                    namespace.inodes.insert(record.attr.ino, Inode { record: *record, children });
                 }
                 StoreValue::Dentry { parent, name, ino } => dentries.push((parent, name, ino)),
                 StoreValue::Session(session) => {
@@ -477,13 +478,23 @@ impl Namespace {
                 record.attr.ctime = *time;
                 touched.inodes.insert(*ino);
             }
-            Event::SetLayout { ino, size, chunk_size_bytes, mtime } => {
-                if self.record(*ino)?.attr.kind != FileKind::Regular {
+            Event::SetLayout { ino, size, chunk_size_bytes, mtime, chunks } => {
+                let record = self.record(*ino)?;
+                if record.attr.kind != FileKind::Regular {
                     return Err(NsError::InvalidArgument("layout of a non-regular file"));
+                }
+                // Published chunks are indexed in units of the chunk size.
+                if record.chunk_size_bytes != *chunk_size_bytes && !record.chunks.is_empty() {
+                    return Err(NsError::InvalidArgument("chunk size change of a file with data"));
+                }
+                if !chunks.is_empty() && *chunk_size_bytes == 0 {
+                    return Err(NsError::InvalidArgument("chunks without a chunk size"));
                 }
                 let record = &mut self.inode_mut(*ino).record;
                 record.attr.size = *size;
                 record.chunk_size_bytes = *chunk_size_bytes;
+                record.chunks.extend(chunks.iter().map(|update| (update.index, update.chunk)));
+                record.clip_chunks();
                 record.attr.mtime = *mtime;
                 record.attr.ctime = record.attr.ctime.max(*mtime);
                 touched.inodes.insert(*ino);
@@ -801,6 +812,9 @@ impl Namespace {
             attr.mtime = mtime;
         }
         attr.ctime = time;
+        if changes.size.is_some() {
+            self.inode_mut(ino).record.clip_chunks();
+        }
         touched.inodes.insert(ino);
         Ok(())
     }
@@ -990,5 +1004,6 @@ fn new_record(
         chunk_size_bytes: 0,
         policy: None,
         decoupling: None,
+        chunks: ChunkMap::new(),
     }
 }

@@ -3,7 +3,7 @@
 //! Keys sort by kind, then inode number (big endian), then name, so a directory's entries are
 //! contiguous. Values are bincode (standard config) of the record types.
 
-use crate::inode::{InodeRecord, SessionRecord};
+use crate::inode::{InodeRecord, InodeRecordWithoutChunks, SessionRecord};
 use cudele_journal::{Ino, SessionId};
 
 const KEY_TAG_INODE: u8 = b'i';
@@ -31,7 +31,8 @@ pub enum StoreOp {
 /// A decoded store value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreValue {
-    Inode(InodeRecord),
+    /// Boxed: a record (with its chunk map) is much larger than the other values.
+    Inode(Box<InodeRecord>),
     Dentry {
         parent: Ino,
         name: Vec<u8>,
@@ -98,7 +99,11 @@ pub fn decode_entry(key: &[u8], value: &[u8]) -> Result<StoreValue, String> {
         Ok(decoded)
     }
     Ok(match StoreKey::decode(key)? {
-        StoreKey::Inode(_) => StoreValue::Inode(decode(value)?),
+        // Records written before they carried `chunks` end where the new field would start.
+        StoreKey::Inode(_) => StoreValue::Inode(Box::new(match decode::<InodeRecord>(value) {
+            Ok(record) => record,
+            Err(error) => decode::<InodeRecordWithoutChunks>(value).map(InodeRecord::from).map_err(|_| error)?,
+        })),
         StoreKey::Dentry(parent, name) => StoreValue::Dentry { parent, name, ino: decode(value)? },
         StoreKey::Session(_) => StoreValue::Session(decode(value)?),
         StoreKey::Allocator => {

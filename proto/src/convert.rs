@@ -1,8 +1,8 @@
 //! Conversions between wire messages and domain types.
 
 use crate::pb;
-use cudele_journal::{FileKind, RenameMode, Timestamp, XattrMode};
-use cudele_namespace::{Attr, NsError};
+use cudele_journal::{ChunkMap, ChunkRef, ChunkUpdate, ChunkVersion, FileKind, RenameMode, Timestamp, XattrMode};
+use cudele_namespace::{Attr, InodeRecord, NsError};
 
 pub fn kind_to_wire(kind: FileKind) -> pb::FileKind {
     match kind {
@@ -38,7 +38,9 @@ pub fn time_from_wire(time: Option<pb::Timestamp>) -> Timestamp {
         .unwrap_or_default()
 }
 
-pub fn attr_to_wire(attr: &Attr, chunk_size_bytes: u32) -> pb::Attr {
+/// The attributes, chunk size and published chunks of `record`.
+pub fn attr_to_wire(record: &InodeRecord) -> pb::Attr {
+    let attr = &record.attr;
     pb::Attr {
         ino: attr.ino,
         kind: kind_to_wire(attr.kind) as i32,
@@ -51,13 +53,38 @@ pub fn attr_to_wire(attr: &Attr, chunk_size_bytes: u32) -> pb::Attr {
         atime: Some(time_to_wire(attr.atime)),
         mtime: Some(time_to_wire(attr.mtime)),
         ctime: Some(time_to_wire(attr.ctime)),
-        chunk_size_bytes,
+        chunk_size_bytes: record.chunk_size_bytes,
+        chunks: record
+            .chunks
+            .iter()
+            .map(|(index, chunk)| chunk_to_wire(&ChunkUpdate { index: *index, chunk: *chunk }))
+            .collect(),
     }
 }
 
-/// The attributes in a reply, and the chunk size of the file's data.
-pub fn attr_from_wire(attr: Option<pb::Attr>) -> Result<(Attr, u32), NsError> {
+pub fn chunk_to_wire(update: &ChunkUpdate) -> pb::Chunk {
+    pb::Chunk {
+        index: update.index,
+        writer: update.chunk.version.writer,
+        serial: update.chunk.version.serial,
+        length_bytes: update.chunk.length_bytes,
+    }
+}
+
+pub fn chunk_from_wire(chunk: &pb::Chunk) -> ChunkUpdate {
+    ChunkUpdate {
+        index: chunk.index,
+        chunk: ChunkRef {
+            version: ChunkVersion { writer: chunk.writer, serial: chunk.serial },
+            length_bytes: chunk.length_bytes,
+        },
+    }
+}
+
+/// The attributes in a reply, the chunk size of the file's data and its published chunks.
+pub fn attr_from_wire(attr: Option<pb::Attr>) -> Result<(Attr, u32, ChunkMap), NsError> {
     let attr = attr.ok_or(NsError::Io("reply without attributes".to_string()))?;
+    let chunks = attr.chunks.iter().map(chunk_from_wire).map(|update| (update.index, update.chunk)).collect();
     Ok((
         Attr {
             ino: attr.ino,
@@ -73,6 +100,7 @@ pub fn attr_from_wire(attr: Option<pb::Attr>) -> Result<(Attr, u32), NsError> {
             ctime: time_from_wire(attr.ctime),
         },
         attr.chunk_size_bytes,
+        chunks,
     ))
 }
 

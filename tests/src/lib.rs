@@ -518,6 +518,7 @@ pub async fn populate(api: &mut Api, parent: u64, tag: &str, files_per_directory
                     size: number as u64 * 4096 + 1,
                     chunk_size_bytes: 1 << 22,
                     mtime: Some(pb::Timestamp { seconds: 1_600_000_000 + number as i64, nanoseconds: 7 }),
+                    chunks: Vec::new(),
                 };
                 api.client.set_layout(request).await?;
             }

@@ -723,21 +723,29 @@ async fn set_layout_records_size_and_chunk_size() {
     let file = api.create(ROOT, "f", 0o644).await.unwrap();
     assert_eq!(file.chunk_size_bytes, 0);
     let mtime = pb::Timestamp { seconds: 1_700_000_000, nanoseconds: 42 };
-    let request = pb::SetLayoutRequest { ino: file.ino, size: 10 << 20, chunk_size_bytes: 4 << 20, mtime: Some(mtime) };
+    let request = pb::SetLayoutRequest {
+        ino: file.ino,
+        size: 10 << 20,
+        chunk_size_bytes: 4 << 20,
+        mtime: Some(mtime),
+        chunks: Vec::new(),
+    };
     let attr = api.client.set_layout(request).await.unwrap().into_inner().attr.unwrap();
     assert_eq!((attr.size, attr.chunk_size_bytes, attr.mtime), (10 << 20, 4 << 20, Some(mtime)));
     assert_eq!(api.getattr(file.ino).await.unwrap(), attr);
     // Without an mtime the server's clock is used.
     let before = wall_clock_nanos();
-    let request = pb::SetLayoutRequest { ino: file.ino, size: 5, chunk_size_bytes: 4 << 20, mtime: None };
+    let request =
+        pb::SetLayoutRequest { ino: file.ino, size: 5, chunk_size_bytes: 4 << 20, mtime: None, chunks: Vec::new() };
     let attr = api.client.set_layout(request).await.unwrap().into_inner().attr.unwrap();
     assert_eq!(attr.size, 5);
     assert!(nanos(&attr.mtime) >= before);
 
     let directory = api.mkdir(ROOT, "d", 0o755).await.unwrap();
-    let request = pb::SetLayoutRequest { ino: directory.ino, size: 1, chunk_size_bytes: 1, mtime: None };
+    let request =
+        pb::SetLayoutRequest { ino: directory.ino, size: 1, chunk_size_bytes: 1, mtime: None, chunks: Vec::new() };
     assert_errno(api.client.set_layout(request).await, libc::EINVAL);
-    let request = pb::SetLayoutRequest { ino: 777_777, size: 1, chunk_size_bytes: 1, mtime: None };
+    let request = pb::SetLayoutRequest { ino: 777_777, size: 1, chunk_size_bytes: 1, mtime: None, chunks: Vec::new() };
     assert_errno(api.client.set_layout(request).await, libc::ENOENT);
     api.checked_dump().await;
 }

@@ -944,14 +944,12 @@ fn unmount_merges_weak_and_persists_invisible() {
     assert_sees_files(&hidden_b, "B after journal apply");
 }
 
-/// KNOWN BUG (pinned): under block, a descriptor B opened before the decouple must not change A's file data.
+/// Under block, a descriptor B opened before the decouple cannot change A's file data.
 ///
-/// B's flush uploads the chunk objects first and only then asks the MDS to publish the layout
-/// (fuse-client/src/data/file.rs `flush`); the MDS refuses the layout with EBUSY, but the chunks
-/// — keyed by inode — are already overwritten, so A reads B's bytes. Fails until data writes are
-/// fenced (e.g. chunks written under fresh names that only a successful set_layout publishes).
+/// B's flush uploads its chunks as fresh object versions and then asks the MDS to publish them
+/// (fuse-client/src/data/file.rs `flush`); the MDS refuses the layout with EBUSY, so the versions
+/// A reads stay published and B's unpublished objects are deleted.
 #[test]
-#[ignore = "known bug: data writes are not fenced against a decouple (see README, Known limitations)"]
 fn block_fences_data_written_through_descriptors_opened_before_decouple() {
     use std::os::unix::fs::FileExt;
     let Some(cluster) = Cluster::start() else { return };

@@ -3,23 +3,35 @@
 //!
 //! Writes go to a bounded write-back buffer of dirty chunks. `flush` (close, fsync, a full
 //! buffer) uploads them — read-modify-write for chunks partly written over existing data —
-//! and then records the new size with the metadata service (`set_layout`): data first,
-//! size second, so a crash in between never exposes a size whose data is missing.
+//! as fresh object versions, then publishes them with the new size in one `set_layout`:
+//! data first, publication second, so what readers see changes only when the metadata
+//! service accepts the layout. A refused layout (EBUSY under a decoupled subtree's `block`
+//! policy) leaves every published chunk as it was; the flush deletes its new objects. A
+//! crash between upload and publication leaves unpublished objects for `cudele gc`.
 //!
-//! Objects may hold bytes past the recorded size after a crash between an upload and its
-//! `set_layout`. Before a flush grows the file it trims them (`ChunkStore::trim`), so a
-//! hole always reads as zeros and never as someone's lost write.
+//! Reads use the chunk map the file's attributes carry ([`InodeAttr::chunks`]): the version
+//! each chunk reads from and how many of its bytes are data. A published object that is
+//! gone (its writer replaced and deleted it since this mount read the map) makes the read
+//! fetch the map afresh and try once more.
 
-use super::store::{ChunkStore, CHUNK_SIZE_BYTES};
-use crate::metadata::{InodeAttr, Metadata};
+use super::store::{next_version, ChunkStore, CHUNK_SIZE_BYTES};
+use crate::metadata::{InodeAttr, LayoutUpdate, Metadata};
 use bytes::Bytes;
-use cudele_journal::{Ino, Timestamp};
-use cudele_namespace::NsResult;
+use cudele_journal::codec::LAYOUT_CHUNK_UPDATES_MAX;
+use cudele_journal::{ChunkMap, ChunkRef, ChunkUpdate, ChunkVersion, Ino, Timestamp};
+use cudele_namespace::{NsError, NsResult};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Dirty bytes one file may buffer before a write flushes them.
 pub const WRITE_BACK_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Dirty chunks one file may buffer before a write flushes them (with small chunk sizes),
+/// so one flush stays within [`LAYOUT_CHUNK_UPDATES_MAX`] chunk updates.
+pub const WRITE_BACK_CHUNKS_MAX: usize = 1024;
+/// Chunks one call of [`FileData::write`] may dirty; the caller splits longer writes and
+/// flushes in between when [`FileData::needs_flush`].
+pub const WRITE_PIECE_CHUNKS_MAX: u64 = 512;
 /// Clean chunks kept per open file to serve sequential reads without refetching.
 pub const READ_CACHE_CHUNKS_MAX: usize = 2;
 
@@ -71,11 +83,10 @@ pub struct FileData {
     chunk_size_bytes: u64,
     /// The size as this mount sees it (including unflushed writes).
     size: u64,
-    /// The size the metadata service holds; store bytes at or past it are not data.
+    /// The size the metadata service holds; published bytes at or past it are not data.
     remote_size: u64,
-    /// No object holds bytes at or past `remote_size` (a file this mount created, or one
-    /// it trimmed); otherwise growing the file trims first.
-    tail_clean: bool,
+    /// The published chunks as this mount last saw them.
+    chunks: Arc<ChunkMap>,
     /// Modification time of unflushed writes.
     pending_mtime: Option<Timestamp>,
     /// The modification time the data was last known at (to notice other mounts' writes).
@@ -86,16 +97,15 @@ pub struct FileData {
 }
 
 impl FileData {
-    /// The data of a file with attributes `attr`. `created` says this mount just created
-    /// it, so no objects can exist for it yet.
-    pub fn new(attr: &InodeAttr, created: bool) -> Self {
+    /// The data of a file with attributes `attr`.
+    pub fn new(attr: &InodeAttr) -> Self {
         let chunk_size_bytes = if attr.chunk_size_bytes == 0 { CHUNK_SIZE_BYTES } else { attr.chunk_size_bytes } as u64;
         FileData {
             ino: attr.attr.ino,
             chunk_size_bytes,
             size: attr.attr.size,
             remote_size: attr.attr.size,
-            tail_clean: created,
+            chunks: attr.chunks.clone(),
             pending_mtime: None,
             known_mtime: attr.attr.mtime,
             dirty: BTreeMap::new(),
@@ -113,6 +123,10 @@ impl FileData {
         self.size
     }
 
+    pub fn chunk_size_bytes(&self) -> u64 {
+        self.chunk_size_bytes
+    }
+
     /// The modification time of unflushed writes, if any.
     pub fn pending_mtime(&self) -> Option<Timestamp> {
         self.pending_mtime
@@ -125,7 +139,7 @@ impl FileData {
 
     /// The write-back buffer is over its bound.
     pub fn needs_flush(&self) -> bool {
-        self.dirty_bytes > WRITE_BACK_BYTES_MAX
+        self.dirty_bytes > WRITE_BACK_BYTES_MAX || self.dirty.len() >= WRITE_BACK_CHUNKS_MAX
     }
 
     /// Another handle opened the file with fresh attributes (close-to-open): if the file
@@ -134,12 +148,11 @@ impl FileData {
         if self.is_dirty() {
             return;
         }
-        if attr.attr.size != self.remote_size || attr.attr.mtime != self.known_mtime {
+        if attr.attr.size != self.remote_size || attr.attr.mtime != self.known_mtime || attr.chunks != self.chunks {
             self.size = attr.attr.size;
             self.remote_size = attr.attr.size;
             self.known_mtime = attr.attr.mtime;
-            self.read_cache.clear();
-            self.tail_clean = false;
+            self.set_chunks(attr);
         }
     }
 
@@ -149,8 +162,26 @@ impl FileData {
         self.size = attr.attr.size;
         self.remote_size = attr.attr.size;
         self.known_mtime = attr.attr.mtime;
+        self.set_chunks(attr);
+    }
+
+    /// Take the chunk map of `attr` (if it is in this file's chunk size).
+    fn set_chunks(&mut self, attr: &InodeAttr) {
+        if u64::from(attr.chunk_size_bytes) == self.chunk_size_bytes || attr.chunks.is_empty() {
+            self.chunks = attr.chunks.clone();
+        }
         self.read_cache.clear();
-        self.tail_clean = true;
+    }
+
+    /// Fetch the published chunk map afresh (and, with nothing unflushed, the size too).
+    fn reload_chunks<M: Metadata + ?Sized>(&mut self, metadata: &M) -> NsResult<()> {
+        let attr = metadata.getattr(self.ino)?;
+        if self.is_dirty() {
+            self.set_chunks(&attr);
+        } else {
+            self.refresh(&attr);
+        }
+        Ok(())
     }
 
     fn chunk_range(&self, index: u64) -> (u64, u64) {
@@ -158,20 +189,41 @@ impl FileData {
         (start, start.saturating_add(self.chunk_size_bytes))
     }
 
-    /// How many leading bytes of chunk `index` the stored object may contribute.
-    fn base_extent(&self, index: u64) -> usize {
+    /// How many leading bytes of chunk `index` its published object contributes.
+    fn published_extent(&self, index: u64) -> usize {
+        let Some(chunk) = self.chunks.get(&index) else { return 0 };
         let (start, _) = self.chunk_range(index);
-        self.remote_size.saturating_sub(start).min(self.chunk_size_bytes) as usize
+        self.remote_size.saturating_sub(start).min(self.chunk_size_bytes).min(u64::from(chunk.length_bytes)) as usize
     }
 
     fn needs_base(&self, index: u64, chunk: &DirtyChunk) -> bool {
-        let extent = self.base_extent(index);
+        let extent = self.published_extent(index);
         !chunk.complete && extent > 0 && !chunk.written.covers(0..extent)
     }
 
-    /// Merge the stored content `base` under the writes of a dirty chunk.
+    /// The published object of chunk `index` (None: a hole). A published object that is
+    /// missing means our map is stale: fetch it afresh once; still missing is EIO.
+    fn fetch_published<M: Metadata + ?Sized>(
+        &mut self,
+        store: &ChunkStore,
+        metadata: &M,
+        index: u64,
+    ) -> NsResult<Option<Bytes>> {
+        for attempt in 0..2 {
+            let Some(chunk) = self.chunks.get(&index).copied() else { return Ok(None) };
+            if let Some(bytes) = store.get(self.ino, index, chunk.version)? {
+                return Ok(Some(bytes));
+            }
+            if attempt == 0 {
+                self.reload_chunks(metadata)?;
+            }
+        }
+        Err(NsError::Io(format!("chunk {index} of inode {}: its published object is missing", self.ino)))
+    }
+
+    /// Merge the published content `base` under the writes of a dirty chunk.
     fn merge_base(&mut self, index: u64, base: Option<Bytes>) {
-        let extent = self.base_extent(index);
+        let extent = self.published_extent(index);
         let Some(chunk) = self.dirty.get_mut(&index) else { return };
         let base = base.unwrap_or_default();
         let base = &base[..base.len().min(extent)];
@@ -186,17 +238,17 @@ impl FileData {
         chunk.complete = true;
     }
 
-    /// A clean chunk's stored content, cut at the recorded size.
-    fn clean_chunk(&mut self, store: &ChunkStore, index: u64) -> NsResult<Bytes> {
+    /// A clean chunk's published content, cut at the recorded size.
+    fn clean_chunk<M: Metadata + ?Sized>(&mut self, store: &ChunkStore, metadata: &M, index: u64) -> NsResult<Bytes> {
         if let Some((_, bytes)) = self.read_cache.iter().find(|(cached, _)| *cached == index) {
             return Ok(bytes.clone());
         }
-        let extent = self.base_extent(index);
-        let bytes = if extent == 0 {
+        let bytes = if self.published_extent(index) == 0 {
             Bytes::new()
         } else {
-            let stored = store.get(self.ino, index)?.unwrap_or_default();
-            stored.slice(..stored.len().min(extent))
+            let stored = self.fetch_published(store, metadata, index)?.unwrap_or_default();
+            // The map may have been fetched afresh: cut with the extent it gives now.
+            stored.slice(..stored.len().min(self.published_extent(index)))
         };
         if self.read_cache.len() >= READ_CACHE_CHUNKS_MAX {
             self.read_cache.pop_front();
@@ -207,7 +259,13 @@ impl FileData {
 
     /// Up to `length` bytes at `offset` (fewer at the end of the file), including this
     /// mount's unflushed writes.
-    pub fn read(&mut self, store: &ChunkStore, offset: u64, length: u32) -> NsResult<Vec<u8>> {
+    pub fn read<M: Metadata + ?Sized>(
+        &mut self,
+        store: &ChunkStore,
+        metadata: &M,
+        offset: u64,
+        length: u32,
+    ) -> NsResult<Vec<u8>> {
         let end = offset.saturating_add(u64::from(length)).min(self.size);
         if offset >= end {
             return Ok(Vec::new());
@@ -221,13 +279,13 @@ impl FileData {
             let within = (position - chunk_start) as usize..(piece_end - chunk_start) as usize;
             if let Some(chunk) = self.dirty.get(&index) {
                 if self.needs_base(index, chunk) && !chunk.written.covers(within.clone()) {
-                    let base = store.get(self.ino, index)?;
+                    let base = self.fetch_published(store, metadata, index)?;
                     self.merge_base(index, base);
                 }
                 let bytes = self.dirty.get(&index).map(|chunk| chunk.bytes.as_slice()).unwrap_or_default();
                 append_zero_filled(&mut out, bytes, within);
             } else {
-                let bytes = self.clean_chunk(store, index)?;
+                let bytes = self.clean_chunk(store, metadata, index)?;
                 append_zero_filled(&mut out, &bytes, within);
             }
             position = piece_end;
@@ -235,8 +293,10 @@ impl FileData {
         Ok(out)
     }
 
-    /// Buffer `data` at `offset`; the caller flushes when [`FileData::needs_flush`].
+    /// Buffer `data` at `offset`; the caller flushes when [`FileData::needs_flush`]. At
+    /// most [`WRITE_PIECE_CHUNKS_MAX`] chunks per call.
     pub fn write(&mut self, offset: u64, data: &[u8], now: Timestamp) {
+        debug_assert!(data.len() as u64 <= WRITE_PIECE_CHUNKS_MAX.saturating_sub(1) * self.chunk_size_bytes + 1);
         let end = offset.saturating_add(data.len() as u64);
         let mut position = offset;
         while position < end {
@@ -263,41 +323,100 @@ impl FileData {
         }
     }
 
-    /// Upload the dirty chunks, then record size and mtime with `metadata`. Returns the
-    /// new attributes, or None if there was nothing to flush. On failure everything stays
-    /// buffered for the next attempt.
+    /// Merge the published content under every dirty chunk that is partly written over
+    /// data. Uses the map as the metadata service holds it now, not as this mount last saw
+    /// it, so a read-modify-write keeps what other mounts published since.
+    fn merge_bases<M: Metadata + ?Sized>(&mut self, store: &ChunkStore, metadata: &M) -> NsResult<()> {
+        let partial = |file: &FileData| -> Vec<u64> {
+            file.dirty
+                .iter()
+                .filter(|(index, chunk)| file.needs_base(**index, chunk))
+                .map(|(index, _)| *index)
+                .collect()
+        };
+        if self.dirty.values().all(|chunk| chunk.complete) {
+            return Ok(());
+        }
+        self.reload_chunks(metadata)?;
+        let wanted: Vec<(u64, ChunkVersion)> = partial(self)
+            .into_iter()
+            .filter_map(|index| self.chunks.get(&index).map(|chunk| (index, chunk.version)))
+            .collect();
+        for (index, _, base) in store.get_many(self.ino, &wanted)? {
+            let base = match base {
+                Some(base) => Some(base),
+                None => self.fetch_published(store, metadata, index)?,
+            };
+            self.merge_base(index, base);
+        }
+        Ok(())
+    }
+
+    /// Upload the dirty chunks as fresh versions, then publish them with size and mtime
+    /// through `metadata`. Returns the new attributes, or None if there was nothing to
+    /// flush. On failure everything stays buffered for the next attempt.
     pub fn flush<M: Metadata + ?Sized>(&mut self, store: &ChunkStore, metadata: &M) -> NsResult<Option<InodeAttr>> {
         if !self.is_dirty() {
             return Ok(None);
         }
-        let need_base: Vec<u64> = self
+        self.merge_bases(store, metadata)?;
+        if self.dirty.len() > LAYOUT_CHUNK_UPDATES_MAX {
+            return Err(NsError::Io(format!("{} dirty chunks exceed one layout", self.dirty.len())));
+        }
+        let writer = metadata.data_writer();
+        let uploads: Vec<(u64, ChunkVersion, Bytes)> = self
             .dirty
             .iter()
-            .filter(|(index, chunk)| self.needs_base(**index, chunk))
-            .map(|(index, _)| *index)
+            .map(|(index, chunk)| (*index, next_version(writer), Bytes::copy_from_slice(&chunk.bytes)))
             .collect();
-        if !need_base.is_empty() {
-            for (index, base) in store.get_many(self.ino, &need_base)? {
-                self.merge_base(index, base);
+        let updates: Vec<ChunkUpdate> = uploads
+            .iter()
+            .map(|(index, version, bytes)| ChunkUpdate {
+                index: *index,
+                chunk: ChunkRef { version: *version, length_bytes: u32::try_from(bytes.len()).unwrap_or(u32::MAX) },
+            })
+            .collect();
+        if let Err(error) = store.put_many(self.ino, uploads) {
+            self.discard(store, &updates);
+            return Err(error);
+        }
+        let layout = LayoutUpdate {
+            size: self.size,
+            chunk_size_bytes: u32::try_from(self.chunk_size_bytes).unwrap_or(CHUNK_SIZE_BYTES),
+            mtime: self.pending_mtime.unwrap_or_else(Timestamp::now),
+            chunks: updates,
+        };
+        let published = match metadata.set_layout(self.ino, &layout) {
+            Ok(published) => published,
+            Err(error) => {
+                // Any answer but a transport failure means nothing was published; after a
+                // transport failure the layout may be in, so its objects stay (gc's).
+                if !matches!(error, NsError::Io(_) | NsError::Stale) {
+                    self.discard(store, &layout.chunks);
+                }
+                return Err(error);
             }
-        }
-        if self.size > self.remote_size && !self.tail_clean {
-            let dirty = &self.dirty;
-            store.trim(self.ino, self.remote_size, self.chunk_size_bytes, |index| dirty.contains_key(&index))?;
-            self.tail_clean = true;
-        }
-        let uploads: Vec<(u64, Bytes)> =
-            self.dirty.iter().map(|(index, chunk)| (*index, Bytes::copy_from_slice(&chunk.bytes))).collect();
-        store.put_many(self.ino, uploads)?;
-        let mtime = self.pending_mtime.unwrap_or_else(Timestamp::now);
-        let chunk_size_bytes = u32::try_from(self.chunk_size_bytes).unwrap_or(CHUNK_SIZE_BYTES);
-        let attr = metadata.set_layout(self.ino, self.size, chunk_size_bytes, mtime)?;
+        };
+        self.discard(store, &published.superseded);
         self.dirty.clear();
         self.dirty_bytes = 0;
         self.pending_mtime = None;
         self.remote_size = self.size;
-        self.known_mtime = attr.attr.mtime;
-        Ok(Some(attr))
+        self.known_mtime = published.attr.attr.mtime;
+        self.set_chunks(&published.attr);
+        Ok(Some(published.attr))
+    }
+
+    /// Delete chunk objects nobody reads (best effort: leftovers are `cudele gc`'s).
+    fn discard(&self, store: &ChunkStore, chunks: &[ChunkUpdate]) {
+        if chunks.is_empty() {
+            return;
+        }
+        let doomed: Vec<(u64, Option<ChunkVersion>)> =
+            chunks.iter().map(|update| (update.index, Some(update.chunk.version))).collect();
+        if let Err(error) = store.delete_many(self.ino, &doomed) {
+            tracing::warn!(ino = self.ino, %error, "deleting unpublished or superseded chunks failed; `cudele gc` will");
+        }
     }
 }
 

@@ -1,14 +1,17 @@
-//! `cudele gc`: delete chunk objects no inode references — those of inodes that no longer
-//! exist and those past a file's size.
+//! `cudele gc`: delete chunk objects no layout publishes — those of inodes that no longer
+//! exist, and versions other than the one the inode's chunk map names (superseded versions a
+//! writer failed to delete, a refused or crashed flush's uploads, chunks past the size,
+//! unversioned objects from before chunks were versioned).
 //!
-//! Objects younger than a grace period are left alone: a writer uploads chunks before it
-//! records the new size, so a fresh object past the size may be a flush in progress.
-//! Known gap: inodes of a decoupled subtree that are not yet merged are unknown to the MDS;
-//! run gc with a grace period longer than decoupled jobs last (see the report).
+//! Objects younger than a grace period are left alone: a writer uploads a version before it
+//! publishes it, so a fresh unpublished object may be a flush in progress.
+//! Known gap: layouts of a decoupled subtree that are not yet merged are unknown to the MDS
+//! (its new versions look unpublished, the versions they replace still published); run gc
+//! with a grace period longer than decoupled jobs last.
 
 use super::store::{parse_chunk_key, ChunkStore, DATA_PREFIX};
 use crate::metadata::Metadata;
-use cudele_journal::Ino;
+use cudele_journal::{ChunkVersion, Ino};
 use cudele_namespace::{NsError, NsResult};
 use futures::TryStreamExt;
 use std::collections::BTreeMap;
@@ -23,7 +26,8 @@ pub struct GcReport {
     pub objects_scanned: u64,
     pub inodes_scanned: u64,
     pub objects_of_deleted_inodes: u64,
-    pub objects_past_size: u64,
+    /// Versions the inode's chunk map does not name (superseded, unpublished, past the size).
+    pub objects_unpublished: u64,
     pub bytes_freed: u64,
     pub objects_too_recent: u64,
     pub dry_run: bool,
@@ -31,6 +35,7 @@ pub struct GcReport {
 
 struct Listed {
     index: u64,
+    version: Option<ChunkVersion>,
     size_bytes: u64,
     age: Duration,
 }
@@ -55,32 +60,35 @@ pub fn collect_garbage(
     let mut by_inode: BTreeMap<Ino, Vec<Listed>> = BTreeMap::new();
     let mut report = GcReport { dry_run, ..GcReport::default() };
     for object in listed {
-        let Some((ino, index)) = parse_chunk_key(object.location.as_ref()) else { continue };
+        let Some((ino, index, version)) = parse_chunk_key(object.location.as_ref()) else { continue };
         report.objects_scanned += 1;
         let modified = object.last_modified.timestamp_millis();
         let age = Duration::from_millis(u64::try_from(now - modified).unwrap_or(0));
-        by_inode.entry(ino).or_default().push(Listed { index, size_bytes: object.size, age });
+        by_inode.entry(ino).or_default().push(Listed { index, version, size_bytes: object.size, age });
     }
     for (ino, chunks) in by_inode {
         report.inodes_scanned += 1;
-        // Chunks at or past this index hold no data of the file (a file without a chunk
-        // size never had a flush recorded, so all its objects are leftovers).
-        let (exists, first_garbage_index) = match metadata.getattr(ino) {
-            Ok(attr) if attr.chunk_size_bytes == 0 => (true, 0),
-            Ok(attr) => (true, attr.attr.size.div_ceil(u64::from(attr.chunk_size_bytes))),
-            Err(NsError::NotFound) => (false, 0),
+        // Only the version the chunk map names is data; everything else is garbage.
+        let (exists, published) = match metadata.getattr(ino) {
+            Ok(attr) => (true, attr.chunks),
+            Err(NsError::NotFound) => (false, Default::default()),
             Err(error) => return Err(error),
         };
         let mut doomed = Vec::new();
-        for chunk in chunks.iter().filter(|chunk| chunk.index >= first_garbage_index) {
+        for chunk in chunks {
+            let is_published =
+                chunk.version.is_some_and(|version| published.get(&chunk.index).is_some_and(|p| p.version == version));
+            if is_published {
+                continue;
+            }
             if chunk.age < grace {
                 report.objects_too_recent += 1;
                 continue;
             }
-            doomed.push(chunk.index);
+            doomed.push((chunk.index, chunk.version));
             report.bytes_freed += chunk.size_bytes;
             if exists {
-                report.objects_past_size += 1;
+                report.objects_unpublished += 1;
             } else {
                 report.objects_of_deleted_inodes += 1;
             }

@@ -1,5 +1,10 @@
 //! Chunk objects: their keys, and [`ChunkStore`], the blocking handle to them.
 //!
+//! Every write of a chunk makes a new object, `data/<ino>/<index>.<writer>.<serial>`
+//! ([`ChunkVersion`]); objects are never overwritten. Only a `SetLayout` the metadata service
+//! accepts makes a version the one readers use (the inode's chunk map), so a flush that is
+//! refused (or crashes) leaves behind an unpublished object and never changes what anyone reads.
+//!
 //! Puts go through `cudele_journal::store::JournalStore`, so a chunk written to a local
 //! directory is on stable storage when the put returns (fsync promises that) and S3 puts
 //! are durable when acknowledged.
@@ -7,9 +12,10 @@
 use crate::runtime::Blocking;
 use bytes::Bytes;
 use cudele_journal::store::JournalStore;
-use cudele_journal::{Ino, JournalError};
+use cudele_journal::{ChunkVersion, Ino, JournalError, SessionId};
 use cudele_namespace::{NsError, NsResult};
 use futures::{StreamExt, TryStreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Size of one chunk of file data, in bytes (as JuiceFS and CephFS use: big enough that
 /// object-store latency amortises, small enough for read-modify-write).
@@ -19,9 +25,19 @@ pub const TRANSFER_CONCURRENCY_MAX: usize = 8;
 /// Folder of all chunk objects in the store.
 pub const DATA_PREFIX: &str = "data";
 
-/// The object key of chunk `index` of inode `ino`.
-pub fn chunk_key(ino: Ino, index: u64) -> String {
-    format!("{DATA_PREFIX}/{ino:016x}/{index:08x}")
+/// Serials of chunk versions this process writes; with the writer's session id (never
+/// reused by the MDS) they name every object once. Shared by all mounts of the process, so
+/// in-process test mounts that share a writer id still never collide.
+static NEXT_CHUNK_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh version for a chunk object written by `writer` (see [`ChunkVersion`]).
+pub fn next_version(writer: SessionId) -> ChunkVersion {
+    ChunkVersion { writer, serial: NEXT_CHUNK_SERIAL.fetch_add(1, Ordering::Relaxed) }
+}
+
+/// The object key of version `version` of chunk `index` of inode `ino`.
+pub fn chunk_key(ino: Ino, index: u64, version: ChunkVersion) -> String {
+    format!("{DATA_PREFIX}/{ino:016x}/{index:08x}.{:x}.{:x}", version.writer, version.serial)
 }
 
 /// The folder holding every chunk of `ino`.
@@ -29,14 +45,37 @@ pub fn inode_prefix(ino: Ino) -> String {
     format!("{DATA_PREFIX}/{ino:016x}")
 }
 
-/// The inode and chunk index a key names, if it is a chunk key.
-pub fn parse_chunk_key(key: &str) -> Option<(Ino, u64)> {
+/// The inode, chunk index and version a key names, if it is a chunk key. Keys written
+/// before chunks were versioned (`data/<ino>/<index>`) parse with version None: no layout
+/// publishes them, so they are garbage.
+pub fn parse_chunk_key(key: &str) -> Option<(Ino, u64, Option<ChunkVersion>)> {
     let rest = key.strip_prefix(DATA_PREFIX)?.strip_prefix('/')?;
-    let (ino, index) = rest.split_once('/')?;
-    if ino.len() != 16 || index.len() < 8 {
+    let (ino, name) = rest.split_once('/')?;
+    if ino.len() != 16 {
         return None;
     }
-    Some((u64::from_str_radix(ino, 16).ok()?, u64::from_str_radix(index, 16).ok()?))
+    let ino = u64::from_str_radix(ino, 16).ok()?;
+    let mut parts = name.split('.');
+    let index = parts.next().filter(|index| index.len() >= 8)?;
+    let index = u64::from_str_radix(index, 16).ok()?;
+    let version = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => None,
+        (Some(writer), Some(serial), None) => Some(ChunkVersion {
+            writer: u64::from_str_radix(writer, 16).ok()?,
+            serial: u64::from_str_radix(serial, 16).ok()?,
+        }),
+        _ => return None,
+    };
+    Some((ino, index, version))
+}
+
+/// One stored chunk object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoredChunk {
+    pub index: u64,
+    /// None for an unversioned object (see [`parse_chunk_key`]).
+    pub version: Option<ChunkVersion>,
+    pub size_bytes: u64,
 }
 
 /// An object-store failure as the application sees it: EIO, with the cause in the log.
@@ -71,30 +110,37 @@ impl ChunkStore {
         &self.runtime
     }
 
-    /// The whole chunk object, or None if there is none (a hole).
-    pub fn get(&self, ino: Ino, index: u64) -> NsResult<Option<Bytes>> {
+    /// The whole object of version `version` of chunk `index`, or None if there is none.
+    pub fn get(&self, ino: Ino, index: u64, version: ChunkVersion) -> NsResult<Option<Bytes>> {
         let objects = &self.objects;
-        self.runtime.block_on(async move { get_chunk(objects, ino, index).await })
+        self.runtime.block_on(async move { get_chunk(objects, &chunk_key(ino, index, version)).await })
     }
 
-    /// Several chunks at once (for read-modify-write before an upload).
-    pub fn get_many(&self, ino: Ino, indexes: &[u64]) -> NsResult<Vec<(u64, Option<Bytes>)>> {
+    /// Several chunk objects at once (for read-modify-write before an upload).
+    pub fn get_many(
+        &self,
+        ino: Ino,
+        chunks: &[(u64, ChunkVersion)],
+    ) -> NsResult<Vec<(u64, ChunkVersion, Option<Bytes>)>> {
         let objects = &self.objects;
         self.runtime.block_on(async move {
-            futures::stream::iter(indexes.iter().copied())
-                .map(|index| async move { get_chunk(objects, ino, index).await.map(|bytes| (index, bytes)) })
+            futures::stream::iter(chunks.iter().copied())
+                .map(|(index, version)| async move {
+                    get_chunk(objects, &chunk_key(ino, index, version)).await.map(|bytes| (index, version, bytes))
+                })
                 .buffer_unordered(TRANSFER_CONCURRENCY_MAX)
                 .try_collect()
                 .await
         })
     }
 
-    /// Write chunks (each replacing any object at its key), several at a time.
-    pub fn put_many(&self, ino: Ino, chunks: Vec<(u64, Bytes)>) -> NsResult<()> {
+    /// Write chunk objects, several at a time. Versions are fresh, so no put replaces an
+    /// object anyone reads.
+    pub fn put_many(&self, ino: Ino, chunks: Vec<(u64, ChunkVersion, Bytes)>) -> NsResult<()> {
         let objects = &self.objects;
         self.runtime.block_on(async move {
             futures::stream::iter(chunks)
-                .map(|(index, bytes)| async move { objects.put(&chunk_key(ino, index), bytes).await })
+                .map(|(index, version, bytes)| async move { objects.put(&chunk_key(ino, index, version), bytes).await })
                 .buffer_unordered(TRANSFER_CONCURRENCY_MAX)
                 .try_collect::<Vec<()>>()
                 .await
@@ -103,16 +149,16 @@ impl ChunkStore {
         })
     }
 
-    /// Every chunk of `ino`: (index, object length in bytes), by index.
-    pub fn list(&self, ino: Ino) -> NsResult<Vec<(u64, u64)>> {
+    /// Every chunk object of `ino`, by index and version.
+    pub fn list(&self, ino: Ino) -> NsResult<Vec<StoredChunk>> {
         let objects = &self.objects;
         self.runtime.block_on(async move {
             let listed = objects.list(&inode_prefix(ino)).await.map_err(store_error)?;
-            let mut chunks: Vec<(u64, u64)> = listed
+            let mut chunks: Vec<StoredChunk> = listed
                 .into_iter()
                 .filter_map(|object| {
-                    let (owner, index) = parse_chunk_key(&object.path)?;
-                    (owner == ino).then_some((index, object.size_bytes))
+                    let (owner, index, version) = parse_chunk_key(&object.path)?;
+                    (owner == ino).then_some(StoredChunk { index, version, size_bytes: object.size_bytes })
                 })
                 .collect();
             chunks.sort_unstable();
@@ -120,12 +166,18 @@ impl ChunkStore {
         })
     }
 
-    /// Delete chunks; deleting a missing one succeeds.
-    pub fn delete_many(&self, ino: Ino, indexes: &[u64]) -> NsResult<()> {
+    /// Delete chunk objects (None: an unversioned one); deleting a missing one succeeds.
+    pub fn delete_many(&self, ino: Ino, chunks: &[(u64, Option<ChunkVersion>)]) -> NsResult<()> {
         let objects = &self.objects;
         self.runtime.block_on(async move {
-            futures::stream::iter(indexes.iter().copied())
-                .map(|index| async move { objects.delete(&chunk_key(ino, index)).await })
+            futures::stream::iter(chunks.iter().copied())
+                .map(|(index, version)| async move {
+                    let key = match version {
+                        Some(version) => chunk_key(ino, index, version),
+                        None => format!("{}/{index:08x}", inode_prefix(ino)),
+                    };
+                    objects.delete(&key).await
+                })
                 .buffer_unordered(TRANSFER_CONCURRENCY_MAX)
                 .try_collect::<Vec<()>>()
                 .await
@@ -134,38 +186,16 @@ impl ChunkStore {
         })
     }
 
-    /// Make the objects of `ino` hold nothing at or past byte `keep_bytes`: delete whole
-    /// chunks past it and cut the chunk it falls in. Chunks for which `rewritten(index)`
-    /// is true are about to be overwritten whole, so their cut is skipped.
-    pub fn trim(
-        &self,
-        ino: Ino,
-        keep_bytes: u64,
-        chunk_size_bytes: u64,
-        rewritten: impl Fn(u64) -> bool,
-    ) -> NsResult<()> {
-        let mut doomed = Vec::new();
-        let mut cut = None;
-        for (index, length_bytes) in self.list(ino)? {
-            let start = index.saturating_mul(chunk_size_bytes);
-            if start >= keep_bytes {
-                doomed.push(index);
-            } else if start.saturating_add(length_bytes) > keep_bytes && !rewritten(index) {
-                cut = Some((index, keep_bytes - start));
-            }
-        }
-        if let Some((index, keep_in_chunk)) = cut {
-            if let Some(bytes) = self.get(ino, index)? {
-                let keep_in_chunk = usize::try_from(keep_in_chunk).unwrap_or(usize::MAX).min(bytes.len());
-                self.put_many(ino, vec![(index, bytes.slice(..keep_in_chunk))])?;
-            }
-        }
+    /// Delete every chunk object of `ino` (a removed file).
+    pub fn delete_all(&self, ino: Ino) -> NsResult<()> {
+        let doomed: Vec<(u64, Option<ChunkVersion>)> =
+            self.list(ino)?.into_iter().map(|chunk| (chunk.index, chunk.version)).collect();
         self.delete_many(ino, &doomed)
     }
 }
 
-async fn get_chunk(objects: &JournalStore, ino: Ino, index: u64) -> NsResult<Option<Bytes>> {
-    match objects.get(&chunk_key(ino, index)).await {
+async fn get_chunk(objects: &JournalStore, key: &str) -> NsResult<Option<Bytes>> {
+    match objects.get(key).await {
         Ok(bytes) => Ok(Some(bytes)),
         Err(JournalError::NotFound { .. }) => Ok(None),
         Err(error) => Err(store_error(error)),
@@ -176,30 +206,43 @@ async fn get_chunk(objects: &JournalStore, ino: Ino, index: u64) -> NsResult<Opt
 mod tests {
     use super::*;
 
-    /// Keys sort by inode then chunk, and parse back.
+    /// Keys sort by inode then chunk, carry the version, and parse back; old unversioned
+    /// keys parse without a version.
     #[test]
     fn keys_round_trip() {
-        assert_eq!(chunk_key(0x2a, 3), "data/000000000000002a/00000003");
-        assert_eq!(parse_chunk_key(&chunk_key(0x2a, 3)), Some((0x2a, 3)));
-        assert_eq!(parse_chunk_key(&chunk_key(7, 1 << 40)), Some((7, 1 << 40)));
+        let version = ChunkVersion { writer: 3, serial: 0x1f };
+        assert_eq!(chunk_key(0x2a, 3, version), "data/000000000000002a/00000003.3.1f");
+        assert_eq!(parse_chunk_key(&chunk_key(0x2a, 3, version)), Some((0x2a, 3, Some(version))));
+        assert_eq!(parse_chunk_key(&chunk_key(7, 1 << 40, version)), Some((7, 1 << 40, Some(version))));
+        assert_eq!(parse_chunk_key("data/000000000000002a/00000003"), Some((0x2a, 3, None)));
+        assert_eq!(parse_chunk_key("data/000000000000002a/00000003.1"), None);
+        assert_eq!(parse_chunk_key("data/000000000000002a/00000003.1.2.3"), None);
         assert_eq!(parse_chunk_key("data/xyz/00000001"), None);
         assert_eq!(parse_chunk_key("journal/00000001"), None);
     }
 
-    /// Trim deletes chunks past the size and cuts the one the size falls in.
+    /// Two versions of one chunk are two objects; deleting one leaves the other, and
+    /// delete_all removes unversioned leftovers too.
     #[test]
-    fn trim_cuts_and_deletes() {
+    fn versions_are_separate_objects() {
         let store = ChunkStore::new(JournalStore::memory(), Blocking::new("test").expect("runtime"));
-        let chunk = 10u64;
+        let (first, second) = (next_version(5), next_version(5));
+        assert_ne!(first, second);
         store
-            .put_many(
-                9,
-                vec![(0, Bytes::from(vec![1u8; 10])), (1, Bytes::from(vec![2u8; 10])), (2, Bytes::from(vec![3u8; 4]))],
-            )
+            .put_many(9, vec![(0, first, Bytes::from_static(b"one")), (0, second, Bytes::from_static(b"two!"))])
             .expect("put");
-        store.trim(9, 13, chunk, |_| false).expect("trim");
-        assert_eq!(store.list(9).expect("list"), vec![(0, 10), (1, 3)]);
-        store.trim(9, 0, chunk, |_| false).expect("trim to zero");
+        assert_eq!(store.get(9, 0, first).expect("get").as_deref(), Some(&b"one"[..]));
+        store.delete_many(9, &[(0, Some(first))]).expect("delete");
+        assert_eq!(store.get(9, 0, first).expect("get"), None);
+        assert_eq!(store.list(9).expect("list"), vec![StoredChunk { index: 0, version: Some(second), size_bytes: 4 }]);
+        let objects = store.objects().clone();
+        store
+            .runtime()
+            .block_on(async move {
+                objects.put("data/0000000000000009/00000001", Bytes::from_static(b"old")).await.map_err(store_error)
+            })
+            .expect("put unversioned");
+        store.delete_all(9).expect("delete all");
         assert_eq!(store.list(9).expect("list"), vec![]);
     }
 }

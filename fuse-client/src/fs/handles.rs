@@ -53,15 +53,15 @@ pub struct OpenFiles {
 }
 
 impl OpenFiles {
-    /// A new handle on the file `attr` describes (`created`: this mount just created it).
-    pub fn open(&self, attr: &InodeAttr, created: bool, readable: bool, writable: bool) -> u64 {
+    /// A new handle on the file `attr` describes.
+    pub fn open(&self, attr: &InodeAttr, readable: bool, writable: bool) -> u64 {
         let ino = attr.attr.ino;
         let (data, existed) = {
             let mut inodes = lock(&self.inodes);
             let mut existed = true;
             let open = inodes.entry(ino).or_insert_with(|| {
                 existed = false;
-                OpenInode { data: Arc::new(Mutex::new(FileData::new(attr, created))), handles: 0, unlinked: false }
+                OpenInode { data: Arc::new(Mutex::new(FileData::new(attr))), handles: 0, unlinked: false }
             });
             open.handles += 1;
             (open.data.clone(), existed)

@@ -6,7 +6,8 @@
 pub mod handles;
 pub mod policy;
 
-use crate::data::{ChunkStore, CHUNK_SIZE_BYTES};
+use crate::data::file::WRITE_PIECE_CHUNKS_MAX;
+use crate::data::ChunkStore;
 use crate::metadata::{FsStats, InodeAttr, Metadata, SetAttrChanges};
 use crate::sync::{lock, Arc};
 use cudele_journal::{FileKind, Ino, RenameMode, Timestamp, XattrMode, NAME_LENGTH_MAX_BYTES};
@@ -110,8 +111,9 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
         Ok(self.with_local_data(self.metadata.getattr(ino)?))
     }
 
-    /// chmod, chown, truncate, utimens. A size change goes to the data first (flush,
-    /// then trim the objects), then to the metadata service.
+    /// chmod, chown, truncate, utimens. A size change flushes the data first; the metadata
+    /// service then drops (or shortens) the published chunks past the new size, and no
+    /// object changes, so a refused truncate changes nothing.
     pub fn setattr(&self, ino: Ino, changes: &SetAttrChanges, caller: Caller) -> NsResult<InodeAttr> {
         let data = self.files.data_of(ino);
         // Hold the file's data while its size changes, so no write interleaves.
@@ -121,7 +123,7 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
             data.flush(&self.store, &*self.metadata)?;
         }
         let mut changes = changes.clone();
-        if let Some(size) = changes.size {
+        if changes.size.is_some() {
             let attr = self.metadata.getattr(ino)?;
             match attr.attr.kind {
                 FileKind::Regular => {}
@@ -131,11 +133,6 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
             if changes.mode.is_none() {
                 changes.mode = mode_after_write(&attr.attr, caller);
             }
-            let chunk_size =
-                u64::from(if attr.chunk_size_bytes == 0 { CHUNK_SIZE_BYTES } else { attr.chunk_size_bytes });
-            // Shrinking drops the bytes past the new end; growing first clears leftovers
-            // past the old end (a crashed flush's), so the new range reads as zeros.
-            self.store.trim(ino, size.min(attr.attr.size), chunk_size, |_| false)?;
         }
         let attr = self.metadata.setattr(ino, &changes)?;
         if let (Some(data), Some(_)) = (data.as_mut(), changes.size) {
@@ -187,7 +184,7 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
         let (owner, perm) = new_inode_owner(&parent_attr.attr, caller, FileKind::Regular, mode, umask);
         match self.metadata.create(parent, name, FileKind::Regular, perm, owner, 0) {
             Ok(attr) => {
-                let handle = self.files.open(&attr, true, open.readable, open.writable);
+                let handle = self.files.open(&attr, open.readable, open.writable);
                 Ok((attr, handle, true))
             }
             Err(NsError::Exists) if !open.exclusive => {
@@ -211,7 +208,7 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
                 } else {
                     attr
                 };
-                let handle = self.files.open(&attr, false, open.readable, open.writable);
+                let handle = self.files.open(&attr, open.readable, open.writable);
                 Ok((self.with_local_data(attr), handle, false))
             }
             Err(error) => Err(error),
@@ -304,7 +301,7 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
 
     /// Delete every chunk object of `ino` (best effort).
     fn delete_data(&self, ino: Ino) {
-        if let Err(error) = self.store.trim(ino, 0, u64::from(CHUNK_SIZE_BYTES), |_| false) {
+        if let Err(error) = self.store.delete_all(ino) {
             tracing::warn!(ino, %error, "deleting a removed file's data failed; `cudele gc` will");
         }
     }
@@ -315,7 +312,7 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
     pub fn open(&self, ino: Ino, open: OpenMode) -> NsResult<u64> {
         let attr = self.metadata.getattr(ino)?;
         match attr.attr.kind {
-            FileKind::Regular => Ok(self.files.open(&attr, false, open.readable, open.writable)),
+            FileKind::Regular => Ok(self.files.open(&attr, open.readable, open.writable)),
             FileKind::Directory => Err(NsError::IsDirectory),
             // Fifos and devices are opened by the kernel itself; symlinks are followed.
             _ => Err(NsError::InvalidArgument("open of a special file")),
@@ -325,7 +322,7 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
     pub fn read(&self, handle: u64, offset: u64, size: u32) -> NsResult<Vec<u8>> {
         let handle = self.files.get(handle)?;
         let mut data = lock(&handle.data);
-        data.read(&self.store, offset, size)
+        data.read(&self.store, &*self.metadata, offset, size)
     }
 
     /// Buffer a write; returns the bytes written. Clears setuid/setgid first when a
@@ -343,9 +340,17 @@ impl<M: Metadata + ?Sized> CudeleFs<M> {
         }
         let written = u32::try_from(bytes.len()).map_err(|_| NsError::InvalidArgument("write too large"))?;
         let mut data = lock(&handle.data);
-        data.write(offset, bytes, Timestamp::now());
-        if data.needs_flush() {
-            data.flush(&self.store, &*self.metadata)?;
+        // In pieces, so that one flush never publishes more chunks than a layout carries.
+        let piece_bytes = usize::try_from(WRITE_PIECE_CHUNKS_MAX.saturating_sub(1) * data.chunk_size_bytes())
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let mut position = offset;
+        for piece in bytes.chunks(piece_bytes) {
+            data.write(position, piece, Timestamp::now());
+            position += piece.len() as u64;
+            if data.needs_flush() {
+                data.flush(&self.store, &*self.metadata)?;
+            }
         }
         Ok(written)
     }

@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::data::store::chunk_key;
-use crate::metadata::LocalMetadata;
+use crate::data::CHUNK_SIZE_BYTES;
+use crate::metadata::{LayoutUpdate, LocalMetadata};
 use crate::runtime::Blocking;
 use cudele_journal::store::JournalStore;
 use cudele_journal::ROOT_INO;
@@ -35,8 +36,15 @@ impl Fixture {
         CudeleFs::new(self.metadata.clone(), ChunkStore::new(self.objects.clone(), self.runtime.clone()))
     }
 
+    /// Every chunk object of `ino` (published or not): (index, length in bytes).
     fn chunk_objects(&self, ino: Ino) -> Vec<(u64, u64)> {
-        self.fs.store().list(ino).expect("list")
+        self.fs.store().list(ino).expect("list").into_iter().map(|chunk| (chunk.index, chunk.size_bytes)).collect()
+    }
+
+    /// The published chunks of `ino`: (index, length of data in bytes).
+    fn published(&self, ino: Ino) -> Vec<(u64, u32)> {
+        let attr = self.metadata.getattr(ino).expect("getattr");
+        attr.chunks.iter().map(|(index, chunk)| (*index, chunk.length_bytes)).collect()
     }
 
     fn file(&self, parent: Ino, name: &str, content: &[u8]) -> Ino {
@@ -325,8 +333,9 @@ fn setattr_semantics() {
     assert_eq!(errno_of(fs.getattr(12345)), libc::ENOENT);
 }
 
-/// Truncate down drops and trims objects; truncate up reads as zeros, even over leftovers
-/// a crashed flush left past the old size.
+/// Truncate down drops and shortens published chunks without touching objects; truncate up
+/// reads as zeros past the old size, and an unpublished object (as a crash between upload
+/// and set_layout leaves) is never read.
 #[test]
 fn truncate_down_and_up() {
     let fixture = fixture();
@@ -335,16 +344,16 @@ fn truncate_down_and_up() {
     let content: Vec<u8> = (0..chunk + 100).map(|i| (i % 251) as u8).collect();
     let ino = fixture.file(ROOT_INO, "f", &content);
     assert_eq!(fixture.chunk_objects(ino), vec![(0, chunk as u64), (1, 100)]);
+    assert_eq!(fixture.published(ino), vec![(0, chunk as u32), (1, 100)]);
     let truncate = |size| SetAttrChanges { size: Some(size), ..Default::default() };
     fs.setattr(ino, &truncate(10), Caller::ROOT).expect("truncate down");
-    assert_eq!(fixture.chunk_objects(ino), vec![(0, 10)]);
-    // A leftover object past the size (as a crash between upload and set_layout leaves).
-    fixture.fs.store().put_many(ino, vec![(0, bytes::Bytes::from(vec![9u8; 50]))]).expect("leftover");
+    assert_eq!(fixture.published(ino), vec![(0, 10)]);
+    // An unpublished version of chunk 0 (a crashed flush's upload).
+    let leftover = crate::data::next_version(99);
+    fixture.fs.store().put_many(ino, vec![(0, leftover, bytes::Bytes::from(vec![9u8; 50]))]).expect("leftover");
     fs.setattr(ino, &truncate(40), Caller::ROOT).expect("truncate up");
     let mut expected = content[..10].to_vec();
     expected.resize(40, 0);
-    // The leftover's first 10 bytes are 9s: trimming keeps the stored prefix as data.
-    expected[..10].copy_from_slice(&[9u8; 10]);
     assert_eq!(fixture.read_all(ino), expected);
     // Truncating an open file with unflushed writes keeps the writes before the cut.
     let handle = fs.open(ino, RW).expect("open");
@@ -496,19 +505,21 @@ fn gc_collects_garbage() {
     let doomed = fixture.file(ROOT_INO, "doomed", b"doomed data");
     // Remove the inode behind the filesystem's back, so its data stays behind.
     fixture.metadata.unlink(ROOT_INO, b"doomed").expect("unlink");
-    fs.store().put_many(kept, vec![(5, bytes::Bytes::from_static(b"past the size"))]).expect("leftover");
+    let leftover = crate::data::next_version(99);
+    fs.store().put_many(kept, vec![(5, leftover, bytes::Bytes::from_static(b"never published"))]).expect("leftover");
     let metadata: &dyn Metadata = &*fixture.metadata;
     let report = crate::data::gc::collect_garbage(metadata, fs.store(), std::time::Duration::from_secs(3600), false)
         .expect("gc");
     assert_eq!(report.objects_too_recent, 2);
     assert_eq!(fixture.chunk_objects(doomed).len(), 1);
     let report = crate::data::gc::collect_garbage(metadata, fs.store(), std::time::Duration::ZERO, false).expect("gc");
-    assert_eq!((report.objects_of_deleted_inodes, report.objects_past_size), (1, 1));
+    assert_eq!((report.objects_of_deleted_inodes, report.objects_unpublished), (1, 1));
     assert!(fixture.chunk_objects(doomed).is_empty());
     assert_eq!(fixture.chunk_objects(kept), vec![(0, 9)]);
     assert_eq!(fixture.read_all(kept), b"kept data");
     let objects = fs.store().objects().clone();
-    let key = chunk_key(kept, 0);
+    let version = fixture.metadata.getattr(kept).expect("getattr").chunks[&0].version;
+    let key = chunk_key(kept, 0, version);
     let found =
         fixture.runtime.block_on(async move { objects.get(&key).await.map_err(|e| NsError::Io(e.to_string())) });
     assert_eq!(found.expect("object").as_ref(), b"kept data");
@@ -556,7 +567,8 @@ fn check_against_model(ops: &[DataOp], chunk_size_bytes: u32) {
     if chunk_size_bytes != CHUNK_SIZE_BYTES {
         // Small chunks put many chunk boundaries within reach of small offsets.
         fs.release(handle).expect("release");
-        fixture.metadata.set_layout(ino, 0, chunk_size_bytes, Timestamp::now()).expect("layout");
+        let layout = LayoutUpdate { size: 0, chunk_size_bytes, mtime: Timestamp::now(), chunks: Vec::new() };
+        fixture.metadata.set_layout(ino, &layout).expect("layout");
         handle = fs.open(ino, RW).expect("open");
     }
     let mut model: Vec<u8> = Vec::new();

@@ -410,6 +410,7 @@ mod tests {
                 ctime: time,
             },
             chunk_size_bytes: 0,
+            chunks: Default::default(),
         }
     }
 

@@ -4,9 +4,11 @@
 //! applies them through `Namespace::apply`, so it has exactly the namespace's semantics
 //! with no server and no cache.
 
-use super::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges};
+use super::{FsStats, InodeAttr, LayoutUpdate, Metadata, Owner, Published, ReaddirPage, SetAttrChanges};
 use crate::sync::{lock, Mutex};
-use cudele_journal::{Event, FileKind, Ino, RenameMode, Timestamp, XattrMode, NAME_LENGTH_MAX_BYTES};
+use cudele_journal::{
+    ChunkUpdate, Event, FileKind, Ino, RenameMode, SessionId, Timestamp, XattrMode, NAME_LENGTH_MAX_BYTES,
+};
 use cudele_namespace::{validate_event, Namespace, NsResult};
 
 /// Capacity statfs reports: there is no real limit, so a large one (as the MDS does).
@@ -51,7 +53,23 @@ impl LocalMetadata {
 
 fn inode_attr(namespace: &Namespace, ino: Ino) -> NsResult<InodeAttr> {
     let record = namespace.record(ino)?;
-    Ok(InodeAttr { attr: record.attr.clone(), chunk_size_bytes: record.chunk_size_bytes })
+    Ok(InodeAttr {
+        attr: record.attr.clone(),
+        chunk_size_bytes: record.chunk_size_bytes,
+        chunks: std::sync::Arc::new(record.chunks.clone()),
+    })
+}
+
+/// The published chunks `updates` replace with other versions.
+pub fn superseded_by(namespace: &Namespace, ino: Ino, updates: &[ChunkUpdate]) -> Vec<ChunkUpdate> {
+    let Ok(record) = namespace.record(ino) else { return Vec::new() };
+    updates
+        .iter()
+        .filter_map(|update| {
+            let old = record.chunks.get(&update.index)?;
+            (old.version != update.chunk.version).then_some(ChunkUpdate { index: update.index, chunk: *old })
+        })
+        .collect()
 }
 
 fn created(namespace: &Namespace, event: &Event) -> NsResult<InodeAttr> {
@@ -224,11 +242,27 @@ impl Metadata for LocalMetadata {
         })
     }
 
-    fn set_layout(&self, ino: Ino, size: u64, chunk_size_bytes: u32, mtime: Timestamp) -> NsResult<InodeAttr> {
+    fn set_layout(&self, ino: Ino, layout: &LayoutUpdate) -> NsResult<Published> {
+        let mut superseded = Vec::new();
         self.mutate(
-            |_| Event::SetLayout { ino, size, chunk_size_bytes, mtime },
+            |namespace| {
+                superseded = superseded_by(namespace, ino, &layout.chunks);
+                Event::SetLayout {
+                    ino,
+                    size: layout.size,
+                    chunk_size_bytes: layout.chunk_size_bytes,
+                    mtime: layout.mtime,
+                    chunks: layout.chunks.clone(),
+                }
+            },
             |namespace, _| inode_attr(namespace, ino),
         )
+        .map(|attr| Published { attr, superseded })
+    }
+
+    /// One process: the process-wide serials of `data::store` keep names apart.
+    fn data_writer(&self) -> SessionId {
+        0
     }
 
     /// One process, one mount: nothing changes behind the kernel's back.

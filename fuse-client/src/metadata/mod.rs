@@ -15,18 +15,46 @@ pub mod rpc;
 pub mod thread_runtime;
 pub mod unsafe_log;
 
-use cudele_journal::{FileKind, Ino, RenameMode, Timestamp, XattrMode};
+use cudele_journal::{ChunkMap, ChunkUpdate, FileKind, Ino, RenameMode, SessionId, Timestamp, XattrMode};
 use cudele_namespace::{Attr, DirEntry, NsResult};
 use std::sync::Arc;
 
 pub use local::LocalMetadata;
 pub use remote::{RemoteMetadata, RemoteOptions};
 
-/// An inode's attributes and the chunk size of its data objects (0: no data written yet).
+/// An inode's attributes, the chunk size of its data objects (0: no data written yet) and
+/// its published chunks (shared: attributes are cloned often, maps rarely change).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InodeAttr {
     pub attr: Attr,
     pub chunk_size_bytes: u32,
+    pub chunks: Arc<ChunkMap>,
+}
+
+impl InodeAttr {
+    /// Attributes of an inode without published chunks.
+    pub fn new(attr: Attr, chunk_size_bytes: u32) -> Self {
+        InodeAttr { attr, chunk_size_bytes, chunks: Arc::default() }
+    }
+}
+
+/// What a flush asks the metadata service to publish (see `Event::SetLayout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutUpdate {
+    pub size: u64,
+    pub chunk_size_bytes: u32,
+    pub mtime: Timestamp,
+    /// Chunks uploaded under fresh versions, sorted by index.
+    pub chunks: Vec<ChunkUpdate>,
+}
+
+/// A published layout: the new attributes, and the chunks it replaced that the writer may
+/// delete now (an implementation returns none while others may still read them, e.g. a
+/// decoupled subtree before its merge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub attr: InodeAttr,
+    pub superseded: Vec<ChunkUpdate>,
 }
 
 /// A time a setattr sets: a given time, or the server's clock (UTIME_NOW).
@@ -139,8 +167,12 @@ pub trait Metadata: Send + Sync {
     fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> NsResult<()>;
     fn removexattr(&self, ino: Ino, name: &[u8]) -> NsResult<()>;
     fn statfs(&self) -> NsResult<FsStats>;
-    /// Record that the file's data (in the object store) now has `size` bytes.
-    fn set_layout(&self, ino: Ino, size: u64, chunk_size_bytes: u32, mtime: Timestamp) -> NsResult<InodeAttr>;
+    /// Publish the file's new size and the chunk objects a flush uploaded. An error other
+    /// than `NsError::Io` means nothing was published.
+    fn set_layout(&self, ino: Ino, layout: &LayoutUpdate) -> NsResult<Published>;
+    /// The writer id chunk objects this mount writes are named with (see
+    /// `data::store::next_version`): distinct for every mount process of a namespace.
+    fn data_writer(&self) -> SessionId;
     /// Return once every metadata change acknowledged so far is durable.
     fn fsync(&self, ino: Ino) -> NsResult<()>;
     /// The mount ends: release server-side state (sessions). Idempotent.

@@ -18,14 +18,16 @@ use super::replica_reads::{self, ReplicaMode, ReplicaReads};
 use super::rpc::{classify, lazy_channel, next_backoff, Failure, Headers, MdsConnection};
 use super::thread_runtime::{self, ThreadRuntimes};
 use super::unsafe_log::UnsafeLog;
-use super::{FsStats, InodeAttr, Metadata, Owner, ReaddirPage, SetAttrChanges, TimeChange};
+use super::{FsStats, InodeAttr, LayoutUpdate, Metadata, Owner, Published, ReaddirPage, SetAttrChanges, TimeChange};
 use crate::error::ClientError;
 use crate::runtime::Blocking;
 use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
-use cudele_journal::{FileKind, Ino, RenameMode, SessionId, Timestamp, XattrMode};
+use cudele_journal::{FileKind, Ino, RenameMode, SessionId, XattrMode};
 use cudele_namespace::{DirEntry, NsError, NsResult};
 use cudele_proto::convert::xattr_mode_to_wire;
-use cudele_proto::convert::{attr_from_wire, kind_from_wire, kind_to_wire, rename_mode_to_wire, time_to_wire};
+use cudele_proto::convert::{
+    attr_from_wire, chunk_from_wire, chunk_to_wire, kind_from_wire, kind_to_wire, rename_mode_to_wire, time_to_wire,
+};
 use cudele_proto::pb;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -288,8 +290,8 @@ impl RemoteMetadata {
 
     /// The attributes in a reply.
     fn attr_of(reply: pb::AttrReply) -> NsResult<InodeAttr> {
-        let (attr, chunk_size_bytes) = attr_from_wire(reply.attr)?;
-        Ok(InodeAttr { attr, chunk_size_bytes })
+        let (attr, chunk_size_bytes, chunks) = attr_from_wire(reply.attr)?;
+        Ok(InodeAttr { attr, chunk_size_bytes, chunks: Arc::new(chunks) })
     }
 
     /// `parent/name`'s inode, from the cache or the MDS (to know what a change touches).
@@ -874,8 +876,8 @@ impl Metadata for RemoteMetadata {
         for entry in reply.entries {
             let attr = match entry.attr {
                 Some(attr) => {
-                    let (attr, chunk_size_bytes) = attr_from_wire(Some(attr))?;
-                    Some(InodeAttr { attr, chunk_size_bytes })
+                    let (attr, chunk_size_bytes, chunks) = attr_from_wire(Some(attr))?;
+                    Some(InodeAttr { attr, chunk_size_bytes, chunks: Arc::new(chunks) })
                 }
                 None => None,
             };
@@ -970,12 +972,30 @@ impl Metadata for RemoteMetadata {
         })
     }
 
-    fn set_layout(&self, ino: Ino, size: u64, chunk_size_bytes: u32, mtime: Timestamp) -> NsResult<InodeAttr> {
-        let request = pb::SetLayoutRequest { ino, size, chunk_size_bytes, mtime: Some(time_to_wire(mtime)) };
+    fn set_layout(&self, ino: Ino, layout: &LayoutUpdate) -> NsResult<Published> {
+        let request = pb::SetLayoutRequest {
+            ino,
+            size: layout.size,
+            chunk_size_bytes: layout.chunk_size_bytes,
+            mtime: Some(time_to_wire(layout.mtime)),
+            chunks: layout.chunks.iter().map(chunk_to_wire).collect(),
+        };
         let since = self.shared.cache.generation();
         let shared = &self.shared;
         let result = self.block_on(async { rpc!(shared, set_layout, request).await.map_err(NsError::from) });
-        self.finish_attr_change(since, ino, result)
+        let (result, superseded) = match result {
+            Ok(reply) => {
+                let superseded = reply.superseded.iter().map(chunk_from_wire).collect();
+                (Ok(pb::AttrReply { attr: reply.attr }), superseded)
+            }
+            Err(error) => (Err(error), Vec::new()),
+        };
+        let attr = self.finish_attr_change(since, ino, result)?;
+        Ok(Published { attr, superseded })
+    }
+
+    fn data_writer(&self) -> SessionId {
+        self.session()
     }
 
     fn attach_kernel_cache(&self, kernel: Arc<dyn super::KernelCache>) -> bool {

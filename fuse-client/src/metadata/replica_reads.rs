@@ -266,7 +266,7 @@ mod tests {
     #[tokio::test]
     async fn without_replicas_the_mds_answers() {
         let reply = pb::AttrReply { attr: Some(pb::Attr { ino: 7, ..Default::default() }) };
-        let answered = lookup(None, 1, b"x", async { Ok(reply) }).await;
+        let answered = lookup(None, 1, b"x", async { Ok(reply.clone()) }).await;
         assert_eq!(answered, Ok(reply));
         let failed = getattr(None, 7, async { Err(NsError::Busy("decoupled")) }).await;
         assert!(matches!(failed, Err(NsError::Busy(_))));
@@ -279,7 +279,7 @@ mod tests {
         let replicas = ReplicaReads::connect("127.0.0.1:1", None).await.expect("reader");
         assert_eq!(replicas.deployments(), 0);
         let reply = pb::AttrReply { attr: Some(pb::Attr { ino: 42, ..Default::default() }) };
-        let answered = lookup(Some(&replicas), 9, b"x", async { Ok(reply) }).await;
+        let answered = lookup(Some(&replicas), 9, b"x", async { Ok(reply.clone()) }).await;
         assert_eq!(answered, Ok(reply));
         assert_eq!(replicas.home(42), Some(9));
         assert_eq!(replicas.home(ROOT_INO), Some(ROOT_INO));

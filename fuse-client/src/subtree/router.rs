@@ -15,8 +15,10 @@
 
 use super::journal::{client_journal_file, client_journal_object};
 use super::view::DecoupledSubtree;
-use crate::metadata::{FsStats, InodeAttr, KernelCache, Metadata, Owner, ReaddirPage, SetAttrChanges};
-use cudele_journal::{FileKind, Ino, InodeRange, RenameMode, Timestamp, XattrMode};
+use crate::metadata::{
+    FsStats, InodeAttr, KernelCache, LayoutUpdate, Metadata, Owner, Published, ReaddirPage, SetAttrChanges,
+};
+use cudele_journal::{FileKind, Ino, InodeRange, RenameMode, SessionId, Timestamp, XattrMode};
 use cudele_namespace::{NsError, NsResult};
 use cudele_policy::{Consistency, Mechanism, Policy};
 use serde::Serialize;
@@ -147,8 +149,8 @@ impl SubtreeRouter {
     }
 
     fn with_layout(subtree: &DecoupledSubtree, ino: Ino) -> NsResult<InodeAttr> {
-        let (attr, chunk_size_bytes) = subtree.attr_with_layout(ino)?;
-        Ok(InodeAttr { attr, chunk_size_bytes })
+        let (attr, chunk_size_bytes, chunks) = subtree.attr_with_layout(ino)?;
+        Ok(InodeAttr { attr, chunk_size_bytes, chunks: std::sync::Arc::new(chunks) })
     }
 
     /// Decouple directory `ino` under `policy_text`.
@@ -506,14 +508,20 @@ impl Metadata for SubtreeRouter {
         self.inner.statfs()
     }
 
-    fn set_layout(&self, ino: Ino, size: u64, chunk_size_bytes: u32, mtime: Timestamp) -> NsResult<InodeAttr> {
+    /// In a decoupled subtree the replaced chunks stay: until the merge, other mounts may
+    /// still read them through the MDS (`cudele gc` collects them afterwards).
+    fn set_layout(&self, ino: Ino, layout: &LayoutUpdate) -> NsResult<Published> {
         match self.with_local(ino, |subtree| {
-            subtree.set_layout(ino, size, chunk_size_bytes, mtime)?;
+            subtree.set_layout(ino, layout)?;
             Self::with_layout(subtree, ino)
         }) {
-            Some(result) => result,
-            None => self.inner.set_layout(ino, size, chunk_size_bytes, mtime),
+            Some(result) => result.map(|attr| Published { attr, superseded: Vec::new() }),
+            None => self.inner.set_layout(ino, layout),
         }
+    }
+
+    fn data_writer(&self) -> SessionId {
+        self.inner.data_writer()
     }
 
     fn close(&self) {

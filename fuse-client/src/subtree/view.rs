@@ -3,7 +3,10 @@
 //! appended to the client journal; inode numbers come from ranges the MDS handed out.
 
 use super::journal::ClientJournal;
-use cudele_journal::{AttrChanges, Event, FileKind, Ino, InodeRange, RenameMode, Timestamp, XattrMode, ROOT_INO};
+use crate::metadata::LayoutUpdate;
+use cudele_journal::{
+    AttrChanges, ChunkMap, Event, FileKind, Ino, InodeRange, RenameMode, Timestamp, XattrMode, ROOT_INO,
+};
 use cudele_namespace::store_key::decode_frames;
 use cudele_namespace::{Attr, DirEntry, Namespace, NsError, NsResult};
 use cudele_policy::Policy;
@@ -93,10 +96,10 @@ impl DecoupledSubtree {
         Ok(self.view.getattr(ino)?.clone())
     }
 
-    /// `(attributes, chunk size)` as the MDS would reply.
-    pub fn attr_with_layout(&self, ino: Ino) -> NsResult<(Attr, u32)> {
+    /// `(attributes, chunk size, published chunks)` as the MDS would reply.
+    pub fn attr_with_layout(&self, ino: Ino) -> NsResult<(Attr, u32, ChunkMap)> {
         let record = self.view.record(ino)?;
-        Ok((record.attr.clone(), record.chunk_size_bytes))
+        Ok((record.attr.clone(), record.chunk_size_bytes, record.chunks.clone()))
     }
 
     // ----- reads -----
@@ -209,8 +212,14 @@ impl DecoupledSubtree {
         self.commit(Event::RemoveXattr { ino, name: name.to_vec(), time: Timestamp::now() })
     }
 
-    pub fn set_layout(&mut self, ino: Ino, size: u64, chunk_size_bytes: u32, mtime: Timestamp) -> NsResult<Attr> {
-        self.commit(Event::SetLayout { ino, size, chunk_size_bytes, mtime })?;
+    pub fn set_layout(&mut self, ino: Ino, layout: &LayoutUpdate) -> NsResult<Attr> {
+        self.commit(Event::SetLayout {
+            ino,
+            size: layout.size,
+            chunk_size_bytes: layout.chunk_size_bytes,
+            mtime: layout.mtime,
+            chunks: layout.chunks.clone(),
+        })?;
         self.attr(ino)
     }
 

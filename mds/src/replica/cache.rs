@@ -181,7 +181,7 @@ impl ReplicaCache {
         let page = self.pages.get(&directory)?.get(&(after.to_vec(), limit))?;
         let mut entries = Vec::with_capacity(page.entries.len());
         for entry in &page.entries {
-            let attr = if plus { Some(self.attrs.get(&entry.ino)?.attr) } else { None };
+            let attr = if plus { Some(self.attrs.get(&entry.ino)?.attr.clone()) } else { None };
             entries.push(pb::DirEntry { name: entry.name.clone(), ino: entry.ino, kind: entry.kind, attr });
         }
         Some((entries, page.end))
@@ -265,7 +265,7 @@ impl ReplicaCache {
             let Some(attr) = &entry.attr else { continue };
             let ino = entry.ino;
             if !self.raced(started, |keys| keys.inodes.contains(&ino)) {
-                self.admit_attr(CachedAttr { attr: *attr, home: *home });
+                self.admit_attr(CachedAttr { attr: attr.clone(), home: *home });
             }
         }
         true

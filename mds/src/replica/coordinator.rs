@@ -25,10 +25,7 @@ type Reply<T> = Result<Response<T>, Status>;
 
 fn fill_attr(namespace: &Namespace, ino: u64) -> NsResult<replica_pb::FillAttrReply> {
     let record = namespace.record(ino)?;
-    Ok(replica_pb::FillAttrReply {
-        attr: Some(attr_to_wire(&record.attr, record.chunk_size_bytes)),
-        home: record.parent,
-    })
+    Ok(replica_pb::FillAttrReply { attr: Some(attr_to_wire(record)), home: record.parent })
 }
 
 fn answer<T>(result: NsResult<T>) -> Reply<T> {
@@ -135,7 +132,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
                     let mut reply = replica_pb::FillReaddirReply { entries: Vec::new(), end, homes: Vec::new() };
                     for entry in entries.into_iter().take(limit) {
                         let (attr, home) = match request.plus.then(|| namespace.record(entry.ino).ok()).flatten() {
-                            Some(record) => (Some(attr_to_wire(&record.attr, record.chunk_size_bytes)), record.parent),
+                            Some(record) => (Some(attr_to_wire(record)), record.parent),
                             None => (None, 0),
                         };
                         reply.entries.push(pb::DirEntry {
