@@ -27,12 +27,13 @@ pub const SEGMENT_PUT_ATTEMPTS_MAX: u32 = 8;
 /// First retry delay; doubled per attempt.
 pub const SEGMENT_PUT_RETRY_DELAY_MS: u64 = 50;
 /// While nobody waits for durability (every queued event was acknowledged early), the writer
-/// lets a few more events join the next segment for up to this long: one object write per
-/// early-acknowledged create made the MDS spend most of its CPU in fsync and file creation.
-/// A waiter arriving ends the wait at once.
-pub const EARLY_LINGER_MS: u64 = 5;
+/// lets more events join the next segment for up to this long: one object write per
+/// early-acknowledged create made the MDS spend most of its CPU in fsync and file creation
+/// (and would cost one S3 PUT each). A waiter arriving (an fsync, another session's read of
+/// these events) ends the wait at once, so only durability nobody asked for is delayed.
+pub const EARLY_LINGER_MS: u64 = 20;
 /// ... unless this many records are queued already.
-pub const EARLY_LINGER_RECORDS_MAX: usize = 256;
+pub const EARLY_LINGER_RECORDS_MAX: usize = 1024;
 /// Fault injection for tests: delay every segment write by this many milliseconds, so
 /// that a kill lands while acknowledged-early events are not yet durable.
 pub const FAULT_SEGMENT_DELAY_ENV: &str = "CUDELE_FAULT_SEGMENT_DELAY_MS";
