@@ -7,18 +7,20 @@
 //! saved `proptest-regressions` file), or pin one with `PROPTEST_RNG_SEED`.
 
 use cudele_journal::codec::{
-    decode_record, encode_record, validate_event, CLIENT_DESCRIPTION_LENGTH_MAX_BYTES, POLICY_TEXT_LENGTH_MAX_BYTES,
+    decode_record, encode_record, validate_event, CLIENT_DESCRIPTION_LENGTH_MAX_BYTES, EVENT_FORMAT_VERSION,
+    EVENT_FORMAT_VERSION_WITHOUT_CHUNKS, LAYOUT_CHUNK_UPDATES_MAX, POLICY_TEXT_LENGTH_MAX_BYTES,
     XATTR_NAME_LENGTH_MAX_BYTES,
 };
 use cudele_journal::segment::{read_segment, FrameReader, SegmentBuilder, SegmentHeader, SEGMENT_HEADER_BYTES};
 use cudele_journal::{
-    AttrChanges, ChunkRef, ChunkUpdate, ChunkVersion, Event, FileKind, Ino, InodeRange, Record, RenameMode, Timestamp,
-    XattrMode, NAME_LENGTH_MAX_BYTES, SYMLINK_TARGET_LENGTH_MAX_BYTES, XATTR_VALUE_LENGTH_MAX_BYTES,
+    AttrChanges, ChunkRef, ChunkUpdate, ChunkVersion, Event, FileKind, Ino, InodeRange, JournalError, Record,
+    RenameMode, Timestamp, XattrMode, NAME_LENGTH_MAX_BYTES, SYMLINK_TARGET_LENGTH_MAX_BYTES,
+    XATTR_VALUE_LENGTH_MAX_BYTES,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-/// Six properties at this default make 150,000 cases per run.
+/// Eight properties at this default make 200,000 cases per run.
 const DEFAULT_CASES_PER_PROPERTY: u32 = 25_000;
 /// Records per generated segment; enough for several frames, small enough to keep cases fast.
 const SEGMENT_RECORDS_MAX: usize = 12;
@@ -72,16 +74,125 @@ fn policy_text() -> impl Strategy<Value = Vec<u8>> {
     bytes_without(b"", 0, POLICY_TEXT_LENGTH_MAX_BYTES)
 }
 
-/// Chunk updates with strictly increasing indexes (lengths are cut to the chunk size later).
-fn chunk_updates() -> impl Strategy<Value = Vec<ChunkUpdate>> {
-    proptest::collection::btree_map(any::<u64>(), (any::<u64>(), any::<u64>(), any::<u32>()), 0..8).prop_map(|map| {
-        map.into_iter()
-            .map(|(index, (writer, serial, length_bytes))| ChunkUpdate {
-                index,
-                chunk: ChunkRef { version: ChunkVersion { writer, serial }, length_bytes },
-            })
-            .collect()
-    })
+/// One chunk update with any index and version and a length cut to `chunk_size_bytes`.
+fn chunk_update(index: u64, (writer, serial, length_bytes): (u64, u64, u32), chunk_size_bytes: u32) -> ChunkUpdate {
+    ChunkUpdate {
+        index,
+        chunk: ChunkRef { version: ChunkVersion { writer, serial }, length_bytes: length_bytes.min(chunk_size_bytes) },
+    }
+}
+
+fn chunk_version_and_length() -> impl Strategy<Value = (u64, u64, u32)> {
+    (any::<u64>(), any::<u64>(), any::<u32>())
+}
+
+/// Chunk updates valid for `chunk_size_bytes` (non-zero): strictly increasing indexes, each
+/// no longer than a chunk. Mostly a few, sometimes up to [`LAYOUT_CHUNK_UPDATES_MAX`] at
+/// consecutive indexes (a large flush), where the encoded size is largest.
+fn chunk_updates(chunk_size_bytes: u32) -> impl Strategy<Value = Vec<ChunkUpdate>> {
+    let few = proptest::collection::btree_map(prop_oneof![0u64..64, any::<u64>()], chunk_version_and_length(), 0..8)
+        .prop_map(move |map| {
+            map.into_iter().map(|(index, chunk)| chunk_update(index, chunk, chunk_size_bytes)).collect::<Vec<_>>()
+        });
+    let many = (
+        LAYOUT_CHUNK_UPDATES_MAX - 8..=LAYOUT_CHUNK_UPDATES_MAX,
+        prop_oneof![Just(0u64), Just(u64::MAX - LAYOUT_CHUNK_UPDATES_MAX as u64), any::<u64>()],
+        chunk_version_and_length(),
+    )
+        .prop_map(move |(count, first_index, (writer, serial, length_bytes))| {
+            let first_index = first_index.min(u64::MAX - count as u64);
+            (0..count as u64)
+                .map(|offset| {
+                    let chunk = (writer.wrapping_add(offset), serial.wrapping_sub(offset), length_bytes);
+                    chunk_update(first_index + offset, chunk, chunk_size_bytes)
+                })
+                .collect::<Vec<_>>()
+        });
+    prop_oneof![50 => few, 1 => many]
+}
+
+/// A valid set-layout event: chunk updates with a non-zero chunk size, or none (with any
+/// chunk size, 0 included: a file with no data written yet).
+fn set_layout_event() -> impl Strategy<Value = Event> {
+    let with_chunks =
+        (1..=u32::MAX).prop_flat_map(|chunk_size_bytes| (Just(chunk_size_bytes), chunk_updates(chunk_size_bytes)));
+    let without_chunks =
+        prop_oneof![Just(0u32), any::<u32>()].prop_map(|chunk_size_bytes| (chunk_size_bytes, Vec::new()));
+    (ino(), any::<u64>(), prop_oneof![4 => with_chunks, 1 => without_chunks], timestamp()).prop_map(
+        |(ino, size, (chunk_size_bytes, chunks), mtime)| Event::SetLayout {
+            ino,
+            size,
+            chunk_size_bytes,
+            mtime,
+            chunks,
+        },
+    )
+}
+
+/// How a set-layout event can break the chunk rules the codec enforces.
+#[derive(Debug, Clone, Copy)]
+enum ChunkRuleBreak {
+    /// One index equal to or below the one before it.
+    IndexNotIncreasing,
+    /// One chunk longer than the chunk size.
+    LongerThanChunk,
+    /// Chunk updates with chunk size 0.
+    NoChunkSize,
+    /// One update more than the limit.
+    TooMany,
+}
+
+/// A set-layout event that is valid except for one broken chunk rule.
+fn invalid_set_layout_event() -> impl Strategy<Value = (Event, ChunkRuleBreak)> {
+    let rule = prop::sample::select(vec![
+        ChunkRuleBreak::IndexNotIncreasing,
+        ChunkRuleBreak::LongerThanChunk,
+        ChunkRuleBreak::NoChunkSize,
+        ChunkRuleBreak::TooMany,
+    ]);
+    (set_layout_event(), rule, any::<prop::sample::Index>(), 1..u32::MAX).prop_map(
+        |(mut event, rule, position, chunk_size_bytes)| {
+            let Event::SetLayout { chunk_size_bytes: event_chunk_size_bytes, chunks, .. } = &mut event else {
+                unreachable!("set_layout_event makes set-layout events")
+            };
+            if chunks.len() < 2 {
+                // Every rule is breakable with two updates at a known chunk size.
+                *event_chunk_size_bytes = chunk_size_bytes;
+                *chunks =
+                    vec![chunk_update(3, (1, 1, 0), chunk_size_bytes), chunk_update(9, (1, 2, 0), chunk_size_bytes)];
+            }
+            match rule {
+                ChunkRuleBreak::IndexNotIncreasing => {
+                    let at = position.index(chunks.len() - 1) + 1;
+                    let before = chunks[at - 1].index;
+                    // Equal to the index before it, or (when there is room) below it.
+                    chunks[at].index = if before > 0 && at % 2 == 0 { before - 1 } else { before };
+                }
+                ChunkRuleBreak::LongerThanChunk => {
+                    // u32::MAX is not a chunk size `1..u32::MAX` gives.
+                    if *event_chunk_size_bytes == u32::MAX {
+                        *event_chunk_size_bytes = chunk_size_bytes;
+                    }
+                    let at = position.index(chunks.len());
+                    chunks[at].chunk.length_bytes = *event_chunk_size_bytes + 1;
+                }
+                ChunkRuleBreak::NoChunkSize => {
+                    for update in chunks.iter_mut() {
+                        update.chunk.length_bytes = 0;
+                    }
+                    *event_chunk_size_bytes = 0;
+                }
+                ChunkRuleBreak::TooMany => {
+                    let first_index = chunks[0].index.min(u64::MAX - LAYOUT_CHUNK_UPDATES_MAX as u64 - 1);
+                    let template = chunks[0].chunk;
+                    *chunks = (0..=LAYOUT_CHUNK_UPDATES_MAX as u64)
+                        .map(|offset| ChunkUpdate { index: first_index + offset, chunk: template })
+                        .collect();
+                }
+            }
+            (event, rule)
+        },
+    )
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -176,18 +287,7 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(ino, name, value, mode, time)| Event::SetXattr { ino, name, value, mode, time }),
         (ino(), bytes_without(b"\0", 1, XATTR_NAME_LENGTH_MAX_BYTES), timestamp())
             .prop_map(|(ino, name, time)| Event::RemoveXattr { ino, name, time }),
-        (ino(), any::<u64>(), 1..=u32::MAX, timestamp(), chunk_updates()).prop_map(
-            |(ino, size, chunk_size_bytes, mtime, chunks)| {
-                let chunks = chunks
-                    .into_iter()
-                    .map(|mut update| {
-                        update.chunk.length_bytes = update.chunk.length_bytes.min(chunk_size_bytes);
-                        update
-                    })
-                    .collect();
-                Event::SetLayout { ino, size, chunk_size_bytes, mtime, chunks }
-            }
-        ),
+        set_layout_event(),
         (ino(), any::<u64>(), inode_range(), policy_text()).prop_map(|(ino, owner, range, policy)| Event::Decouple {
             ino,
             owner,
@@ -231,6 +331,10 @@ fn build_segment(first_seq: u64, records: &[Record]) -> Vec<u8> {
 fn first_seq_of(records: &[Record]) -> u64 {
     records.first().map_or(1, |record| record.seq)
 }
+
+/// Position of `Event::SetLayout` among the variants: bincode encodes a variant as its index,
+/// and version 1 payloads have it there too (checked against version 2 in the property).
+const SET_LAYOUT_VARIANT_INDEX: u32 = 10;
 
 /// Byte offsets (from the segment start) at which each record's frame ends.
 fn frame_ends(segment: &[u8]) -> Vec<usize> {
@@ -357,5 +461,58 @@ proptest! {
             bytes
         };
         let _ = read_segment(&segment);
+    }
+
+    /// A set-layout event that breaks one chunk rule is refused by validation, by the
+    /// segment builder (before anything is appended), and on read-back when its bytes were
+    /// written without validation: what is refused on write is refused on read.
+    #[test]
+    fn invalid_chunk_updates_are_refused_on_write_and_read(
+        (event, rule) in invalid_set_layout_event(),
+        seq in 1u64..=u64::MAX,
+    ) {
+        let expected = match rule {
+            ChunkRuleBreak::IndexNotIncreasing => "does not increase",
+            ChunkRuleBreak::LongerThanChunk => "longer than the chunk size",
+            ChunkRuleBreak::NoChunkSize => "chunk size 0",
+            ChunkRuleBreak::TooMany => "the limit is",
+        };
+        let reason_of = |error: JournalError| match error {
+            JournalError::InvalidEvent { reason, .. } => reason,
+            other => panic!("expected an invalid event, got {other:?}"),
+        };
+        let refused = reason_of(validate_event(&event).expect_err("a broken chunk rule"));
+        prop_assert!(refused.contains(expected), "{:?}: {}", rule, refused);
+        let record = Record { seq, event };
+        let mut builder = SegmentBuilder::new(seq);
+        prop_assert!(builder.push(&record).is_err());
+        prop_assert_eq!(builder.finish(), SegmentBuilder::new(seq).finish());
+        let mut payload = Vec::new();
+        encode_record(&record, &mut payload);
+        let refused = reason_of(decode_record(&payload).expect_err("refused on read-back"));
+        prop_assert!(refused.contains(expected), "{:?}: {}", rule, refused);
+    }
+
+    /// A version 1 set-layout payload (no chunk updates) decodes to the event with no chunk
+    /// updates; version 2 encodes the same fields followed by an empty update list.
+    #[test]
+    fn version_without_chunks_set_layout_decodes(
+        seq in 1u64..=u64::MAX,
+        ino in ino(),
+        size in any::<u64>(),
+        chunk_size_bytes in any::<u32>(),
+        mtime in timestamp(),
+    ) {
+        let mut version_one = vec![EVENT_FORMAT_VERSION_WITHOUT_CHUNKS];
+        let fields = (seq, SET_LAYOUT_VARIANT_INDEX, ino, size, chunk_size_bytes, mtime);
+        bincode::encode_into_std_write(fields, &mut version_one, bincode::config::standard()).expect("encode");
+        let record = Record { seq, event: Event::SetLayout { ino, size, chunk_size_bytes, mtime, chunks: Vec::new() } };
+        prop_assert_eq!(decode_record(&version_one).expect("a version 1 set-layout"), record.clone());
+        let mut version_two = Vec::new();
+        encode_record(&record, &mut version_two);
+        prop_assert_eq!(version_two[0], EVENT_FORMAT_VERSION);
+        // An empty update list is one length byte (0) after the version 1 fields.
+        prop_assert_eq!(&version_two[1..version_two.len() - 1], &version_one[1..]);
+        prop_assert_eq!(version_two.last(), Some(&0u8));
     }
 }

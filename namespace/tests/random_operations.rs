@@ -1,8 +1,11 @@
 //! Random operation sequences keep the namespace invariants, never half-apply a rejected
-//! event, and the store changes each event produces rebuild exactly the same namespace.
+//! event, and the store changes each event produces rebuild exactly the same namespace (chunk
+//! maps included, which stay within each file's size).
 
-use cudele_journal::{AttrChanges, Event, FileKind, RenameMode, Timestamp, XattrMode};
-use cudele_namespace::{decode_entry, Namespace, StoreOp};
+use cudele_journal::{
+    AttrChanges, ChunkRef, ChunkUpdate, ChunkVersion, Event, FileKind, Ino, RenameMode, Timestamp, XattrMode,
+};
+use cudele_namespace::{decode_entry, InodeRecord, Namespace, StoreOp};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -10,7 +13,7 @@ const NAMES: &[&[u8]] = &[b"a", b"b", b"c", b"d"];
 const INODE_CHOICES: usize = 64;
 
 fn operation() -> impl Strategy<Value = (u8, usize, usize, usize, usize, u8)> {
-    (0u8..12, 0..INODE_CHOICES, 0..NAMES.len(), 0..INODE_CHOICES, 0..NAMES.len(), 0u8..3)
+    (0u8..14, 0..INODE_CHOICES, 0..NAMES.len(), 0..INODE_CHOICES, 0..NAMES.len(), 0u8..3)
 }
 
 /// Turn a random tuple into an event; many are invalid on purpose (the namespace must refuse
@@ -50,6 +53,22 @@ fn event_for(
             changes: AttrChanges { uid: Some(flag as u32), size: Some(other), ..Default::default() },
             time,
         },
+        12 | 13 => {
+            // Small chunks (and sometimes another chunk size, which a file with data refuses);
+            // `other` doubles as the size, so layouts both grow and shrink files.
+            let chunk_size_bytes = if flag == 2 { 16 } else { 8 };
+            let chunk = |index: u64, length_bytes: u32| ChunkUpdate {
+                index,
+                chunk: ChunkRef { version: ChunkVersion { writer: 1, serial: step as u64 * 4 + index }, length_bytes },
+            };
+            Event::SetLayout {
+                ino: parent,
+                size: other,
+                chunk_size_bytes,
+                mtime: time,
+                chunks: vec![chunk(u64::from(flag), chunk_size_bytes), chunk(u64::from(flag) + 2, 5)],
+            }
+        }
         _ => Event::SetXattr {
             ino: parent,
             name: b"user.k".to_vec(),
@@ -58,6 +77,24 @@ fn event_for(
             time,
         },
     }
+}
+
+/// Every record among `known` (chunk maps are not part of `Namespace::dump`).
+fn records(namespace: &Namespace, known: &[Ino]) -> Vec<Option<InodeRecord>> {
+    known.iter().map(|ino| namespace.record(*ino).ok().cloned()).collect()
+}
+
+/// A published chunk map never reaches the size: no chunk starts at or past it, and the last
+/// one holds no bytes past it.
+fn chunks_within_size(record: &InodeRecord) -> Result<(), String> {
+    let chunk_size = u64::from(record.chunk_size_bytes);
+    for (index, chunk) in &record.chunks {
+        let start = index * chunk_size;
+        if chunk_size == 0 || start >= record.attr.size || start + u64::from(chunk.length_bytes) > record.attr.size {
+            return Err(format!("inode {} chunk {index} {chunk:?} past size {}", record.attr.ino, record.attr.size));
+        }
+    }
+    Ok(())
 }
 
 fn apply_ops(store: &mut BTreeMap<Vec<u8>, Vec<u8>>, ops: Vec<StoreOp>) {
@@ -83,6 +120,7 @@ proptest! {
         for (step, operation) in operations.into_iter().enumerate() {
             let event = event_for(&namespace, &known, operation, step as i64);
             let before = namespace.dump();
+            let records_before = records(&namespace, &known);
             match namespace.apply(&event) {
                 Ok(touched) => {
                     if let Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } = &event {
@@ -90,7 +128,15 @@ proptest! {
                     }
                     apply_ops(&mut store, namespace.store_ops(&touched))
                 }
-                Err(_) => prop_assert_eq!(&before, &namespace.dump(), "a rejected {:?} changed the namespace", event),
+                Err(_) => {
+                    prop_assert_eq!(&before, &namespace.dump(), "a rejected {:?} changed the namespace", event);
+                    prop_assert_eq!(&records_before, &records(&namespace, &known), "a rejected {:?} changed a record", event);
+                }
+            }
+            for record in records(&namespace, &known).iter().flatten() {
+                if let Err(violation) = chunks_within_size(record) {
+                    prop_assert!(false, "after {:?}: {}", event, violation);
+                }
             }
             if let Err(violation) = namespace.check_invariants() {
                 prop_assert!(false, "after {:?}: {}", event, violation);
@@ -99,6 +145,7 @@ proptest! {
         let values = store.iter().map(|(key, value)| decode_entry(key, value).unwrap());
         let rebuilt = Namespace::from_store_values(values).unwrap();
         prop_assert_eq!(rebuilt.dump(), namespace.dump());
+        prop_assert_eq!(records(&rebuilt, &known), records(&namespace, &known));
         prop_assert_eq!(rebuilt.next_ino(), namespace.next_ino());
     }
 }

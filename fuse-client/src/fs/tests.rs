@@ -3,12 +3,13 @@
 //! and data integrity against a reference model.
 
 use super::*;
-use crate::data::store::chunk_key;
+use crate::data::store::{chunk_key, StoredChunk};
 use crate::data::CHUNK_SIZE_BYTES;
-use crate::metadata::{LayoutUpdate, LocalMetadata};
+use crate::metadata::{LayoutUpdate, LocalMetadata, Owner, Published, ReaddirPage};
 use crate::runtime::Blocking;
+use crate::sync::{AtomicU64, Mutex, Ordering};
 use cudele_journal::store::JournalStore;
-use cudele_journal::ROOT_INO;
+use cudele_journal::{ChunkVersion, SessionId, ROOT_INO};
 use proptest::prelude::*;
 
 const USER: Caller = Caller { uid: 1000, gid: 1000 };
@@ -630,4 +631,278 @@ proptest! {
     ) {
         check_against_model(&ops, CHUNK_SIZE_BYTES);
     }
+}
+
+// ----- publication fencing: refused flushes and stale chunk maps -----
+
+/// `LocalMetadata` with failures on purpose: set_layout answers a chosen error (as an MDS
+/// refuses a layout under a decoupled subtree's `block` policy, or a transport fails), and
+/// getattr calls are counted (how often a reader fetched the chunk map afresh).
+struct FaultyMetadata {
+    inner: Arc<LocalMetadata>,
+    layout_error: Mutex<Option<NsError>>,
+    getattr_calls: AtomicU64,
+}
+
+impl FaultyMetadata {
+    fn new(inner: Arc<LocalMetadata>) -> Self {
+        FaultyMetadata { inner, layout_error: Mutex::new(None), getattr_calls: AtomicU64::new(0) }
+    }
+
+    /// Answer every set_layout with `error` (None: publish again).
+    fn fail_layouts(&self, error: Option<NsError>) {
+        *lock(&self.layout_error) = error;
+    }
+
+    fn getattr_calls(&self) -> u64 {
+        self.getattr_calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Metadata for FaultyMetadata {
+    fn lookup(&self, parent: Ino, name: &[u8]) -> NsResult<InodeAttr> {
+        self.inner.lookup(parent, name)
+    }
+    fn getattr(&self, ino: Ino) -> NsResult<InodeAttr> {
+        self.getattr_calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.getattr(ino)
+    }
+    fn setattr(&self, ino: Ino, changes: &SetAttrChanges) -> NsResult<InodeAttr> {
+        self.inner.setattr(ino, changes)
+    }
+    fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        owner: Owner,
+        rdev: u32,
+    ) -> NsResult<InodeAttr> {
+        self.inner.create(parent, name, kind, mode, owner, rdev)
+    }
+    fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, owner: Owner) -> NsResult<InodeAttr> {
+        self.inner.mkdir(parent, name, mode, owner)
+    }
+    fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], owner: Owner) -> NsResult<InodeAttr> {
+        self.inner.symlink(parent, name, target, owner)
+    }
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> NsResult<InodeAttr> {
+        self.inner.link(ino, new_parent, new_name)
+    }
+    fn unlink(&self, parent: Ino, name: &[u8]) -> NsResult<()> {
+        self.inner.unlink(parent, name)
+    }
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> NsResult<()> {
+        self.inner.rmdir(parent, name)
+    }
+    fn rename(
+        &self,
+        source_parent: Ino,
+        source_name: &[u8],
+        target_parent: Ino,
+        target_name: &[u8],
+        mode: RenameMode,
+    ) -> NsResult<()> {
+        self.inner.rename(source_parent, source_name, target_parent, target_name, mode)
+    }
+    fn readlink(&self, ino: Ino) -> NsResult<Vec<u8>> {
+        self.inner.readlink(ino)
+    }
+    fn readdir(&self, ino: Ino, after: Option<&[u8]>, limit: usize, plus: bool) -> NsResult<ReaddirPage> {
+        self.inner.readdir(ino, after, limit, plus)
+    }
+    fn getxattr(&self, ino: Ino, name: &[u8], size: u32) -> NsResult<Vec<u8>> {
+        self.inner.getxattr(ino, name, size)
+    }
+    fn listxattr(&self, ino: Ino, size: u32) -> NsResult<Vec<u8>> {
+        self.inner.listxattr(ino, size)
+    }
+    fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: XattrMode) -> NsResult<()> {
+        self.inner.setxattr(ino, name, value, mode)
+    }
+    fn removexattr(&self, ino: Ino, name: &[u8]) -> NsResult<()> {
+        self.inner.removexattr(ino, name)
+    }
+    fn statfs(&self) -> NsResult<FsStats> {
+        self.inner.statfs()
+    }
+    fn set_layout(&self, ino: Ino, layout: &LayoutUpdate) -> NsResult<Published> {
+        if let Some(error) = lock(&self.layout_error).clone() {
+            return Err(error);
+        }
+        self.inner.set_layout(ino, layout)
+    }
+    fn data_writer(&self) -> SessionId {
+        self.inner.data_writer()
+    }
+    fn fsync(&self, ino: Ino) -> NsResult<()> {
+        self.inner.fsync(ino)
+    }
+}
+
+/// Chunk size of the fencing tests: small, so a few bytes span several chunks.
+const FENCING_CHUNK_SIZE_BYTES: u32 = 8;
+
+impl Fixture {
+    /// Another mount of the same namespace and objects whose metadata fails on purpose.
+    fn faulty_mount(&self) -> (CudeleFs<FaultyMetadata>, Arc<FaultyMetadata>) {
+        let metadata = Arc::new(FaultyMetadata::new(self.metadata.clone()));
+        let fs = CudeleFs::new(metadata.clone(), ChunkStore::new(self.objects.clone(), self.runtime.clone()));
+        (fs, metadata)
+    }
+
+    /// A file of [`FENCING_CHUNK_SIZE_BYTES`] chunks holding `content`, published.
+    fn small_chunk_file(&self, name: &str, content: &[u8]) -> Ino {
+        let ino = self.file(ROOT_INO, name, b"");
+        let layout = LayoutUpdate {
+            size: 0,
+            chunk_size_bytes: FENCING_CHUNK_SIZE_BYTES,
+            mtime: Timestamp::now(),
+            chunks: Vec::new(),
+        };
+        self.metadata.set_layout(ino, &layout).expect("layout");
+        let handle = self.fs.open(ino, RW).expect("open");
+        self.fs.write(handle, 0, content, Caller::ROOT).expect("write");
+        self.fs.release(handle).expect("release");
+        ino
+    }
+
+    /// Every chunk object of `ino`, versions included.
+    fn stored(&self, ino: Ino) -> Vec<StoredChunk> {
+        self.fs.store().list(ino).expect("list")
+    }
+
+    /// The published (index, version) pairs of `ino`, as the objects should hold them.
+    fn published_versions(&self, ino: Ino) -> Vec<(u64, Option<ChunkVersion>)> {
+        let attr = self.metadata.getattr(ino).expect("getattr");
+        attr.chunks.iter().map(|(index, chunk)| (*index, Some(chunk.version))).collect()
+    }
+}
+
+/// A flush whose layout is refused (EBUSY) changes nothing readers see: the old bytes, size
+/// and chunk map stay published, the objects it uploaded are deleted again, the error
+/// reaches close and fsync, and the writes stay buffered for a later flush that succeeds
+/// (which then deletes the chunks it superseded).
+#[test]
+fn refused_flush_changes_nothing_readers_see() {
+    let fixture = fixture();
+    let old: &[u8] = b"0123456789abcdefghij";
+    let ino = fixture.small_chunk_file("f", old);
+    let published_before = fixture.metadata.getattr(ino).expect("getattr");
+    assert_eq!(published_before.chunks.len(), 3);
+    let stored_before = fixture.stored(ino);
+    assert_eq!(
+        stored_before.iter().map(|chunk| (chunk.index, chunk.version)).collect::<Vec<_>>(),
+        fixture.published_versions(ino)
+    );
+
+    let (writer, faulty) = fixture.faulty_mount();
+    let handle = writer.open(ino, RW).expect("open");
+    // Partly over chunks 0 and 1 (read-modify-write), and growing the file past chunk 2.
+    writer.write(handle, 4, b"WXYZWXYZ", Caller::ROOT).expect("write");
+    writer.write(handle, 18, b"tail!!!!!!", Caller::ROOT).expect("write past the end");
+    let mut expected_new = old.to_vec();
+    expected_new[4..12].copy_from_slice(b"WXYZWXYZ");
+    expected_new.truncate(18);
+    expected_new.extend_from_slice(b"tail!!!!!!");
+
+    faulty.fail_layouts(Some(NsError::Busy("subtree is decoupled by another client")));
+    assert_eq!(errno_of(writer.flush(handle)), libc::EBUSY, "close sees the refusal");
+    assert_eq!(errno_of(writer.fsync(handle)), libc::EBUSY, "fsync sees the refusal");
+
+    // (a) Readers elsewhere see exactly what was published before.
+    assert_eq!(fixture.read_all(ino), old);
+    let published_after = fixture.metadata.getattr(ino).expect("getattr");
+    assert_eq!(published_after.attr.size, old.len() as u64);
+    assert_eq!(published_after.chunks, published_before.chunks);
+    // (b) The refused flushes deleted what they uploaded: the store holds what it held.
+    assert_eq!(fixture.stored(ino), stored_before);
+    // The writer still has its writes.
+    assert_eq!(writer.read(handle, 0, 64).expect("read own writes"), expected_new);
+
+    faulty.fail_layouts(None);
+    writer.flush(handle).expect("flush once layouts are accepted");
+    assert_eq!(fixture.read_all(ino), expected_new);
+    // Chunks 0, 1 and 2 were superseded and deleted; chunk 3 is new; nothing else is left.
+    let published = fixture.published_versions(ino);
+    assert_eq!(published.len(), 4);
+    assert_eq!(fixture.stored(ino).iter().map(|chunk| (chunk.index, chunk.version)).collect::<Vec<_>>(), published);
+    assert!(published
+        .iter()
+        .all(|(index, version)| published_before.chunks.get(index).map(|chunk| chunk.version) != *version));
+    writer.release(handle).expect("release");
+}
+
+/// A refusal at release reaches the caller too, and leaves the store as it was.
+#[test]
+fn refused_release_reports_and_cleans_up() {
+    let fixture = fixture();
+    let ino = fixture.small_chunk_file("f", b"published");
+    let stored_before = fixture.stored(ino);
+    let (writer, faulty) = fixture.faulty_mount();
+    let handle = writer.open(ino, RW).expect("open");
+    writer.write(handle, 0, b"unpublished data", Caller::ROOT).expect("write");
+    faulty.fail_layouts(Some(NsError::Busy("subtree is decoupled by another client")));
+    assert_eq!(errno_of(writer.release(handle)), libc::EBUSY);
+    assert_eq!(fixture.stored(ino), stored_before);
+    assert_eq!(fixture.read_all(ino), b"published");
+}
+
+/// After a transport failure the layout may have been applied, so the uploads stay (for
+/// `cudele gc` if it was not): readers still see the old bytes, and the error is EIO.
+#[test]
+fn flush_after_transport_failure_keeps_uploads() {
+    let fixture = fixture();
+    let ino = fixture.small_chunk_file("f", b"published");
+    let stored_before = fixture.stored(ino);
+    let (writer, faulty) = fixture.faulty_mount();
+    let handle = writer.open(ino, RW).expect("open");
+    writer.write(handle, 0, b"maybe", Caller::ROOT).expect("write");
+    faulty.fail_layouts(Some(NsError::Io("MDS unreachable".to_string())));
+    assert_eq!(errno_of(writer.flush(handle)), libc::EIO);
+    assert_eq!(fixture.read_all(ino), b"published");
+    let stored_after = fixture.stored(ino);
+    assert_eq!(stored_after.len(), stored_before.len() + 1, "the upload of chunk 0 stays: {stored_after:?}");
+    assert!(stored_before.iter().all(|chunk| stored_after.contains(chunk)));
+    faulty.fail_layouts(None);
+    writer.release(handle).expect("release");
+}
+
+/// A reader holding a chunk map whose published object another mount replaced and deleted
+/// fetches the map once more and reads the new bytes; if the published object is still
+/// missing after that one re-read, the read fails with EIO instead of returning zeros.
+#[test]
+fn stale_chunk_map_is_read_again_once() {
+    let fixture = fixture();
+    let old: &[u8] = b"old old old old!";
+    let ino = fixture.small_chunk_file("f", old);
+    let (reader, counting) = fixture.faulty_mount();
+    let reading = reader.open(ino, RO).expect("open");
+
+    // Another mount rewrites the whole file (same size); its flush deletes the old objects.
+    let old_versions = fixture.published_versions(ino);
+    let new: &[u8] = b"NEW NEW NEW NEW!";
+    let writing = fixture.fs.open(ino, RW).expect("open");
+    fixture.fs.write(writing, 0, new, Caller::ROOT).expect("write");
+    fixture.fs.release(writing).expect("release");
+    let stored = fixture.stored(ino);
+    assert!(old_versions
+        .iter()
+        .all(|(index, version)| !stored.iter().any(|chunk| chunk.index == *index && chunk.version == *version)));
+
+    let calls_before = counting.getattr_calls();
+    assert_eq!(reader.read(reading, 0, 64).expect("read with a stale map"), new);
+    assert_eq!(counting.getattr_calls() - calls_before, 1, "one re-read serves every chunk");
+    reader.release(reading).expect("release");
+
+    // The published object of chunk 1 vanishes (nobody may delete it: a bug or lost data).
+    let (_, lost) = fixture.published_versions(ino)[1];
+    fixture.fs.store().delete_many(ino, &[(1, lost)]).expect("delete");
+    let reading = reader.open(ino, RO).expect("open");
+    let calls_before = counting.getattr_calls();
+    assert_eq!(reader.read(reading, 0, 8).expect("chunk 0 is intact"), &new[..8]);
+    assert_eq!(errno_of(reader.read(reading, 8, 8)), libc::EIO);
+    assert_eq!(counting.getattr_calls() - calls_before, 1, "exactly one re-read before EIO");
+    reader.release(reading).expect("release");
 }
