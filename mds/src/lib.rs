@@ -18,6 +18,7 @@ pub mod journal_writer;
 pub mod metastore;
 pub mod metrics_names;
 pub mod persist;
+pub mod reconnect;
 pub mod recovery;
 pub mod replica;
 pub mod run;

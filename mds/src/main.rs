@@ -77,6 +77,10 @@ struct ServeOptions {
     /// How long a write waits for other clients to acknowledge an invalidation.
     #[arg(long, default_value_t = 5_000, help_heading = "Tuning")]
     invalidation_ack_timeout_ms: u64,
+    /// After a restart, the longest namespace operations wait for the sessions known before it
+    /// to reconnect (replay creates acknowledged early); 0 turns the reconnect phase off.
+    #[arg(long, default_value_t = cudele_mds::reconnect::RECONNECT_TIMEOUT_DEFAULT_MS, help_heading = "Tuning")]
+    reconnect_timeout_ms: u64,
     /// How often durable journal events are applied to the metadata store.
     #[arg(long, default_value_t = 1_000, help_heading = "Tuning")]
     flush_interval_ms: u64,
@@ -237,6 +241,7 @@ fn serve(options: ServeOptions) -> Result<()> {
         token,
         lease: Duration::from_millis(options.lease_ms),
         invalidation_ack_timeout: Duration::from_millis(options.invalidation_ack_timeout_ms),
+        reconnect_timeout: Duration::from_millis(options.reconnect_timeout_ms),
         persist: PersistConfig {
             flush_interval: Duration::from_millis(options.flush_interval_ms),
             snapshot_interval: Duration::from_millis(options.snapshot_interval_ms),

@@ -38,6 +38,8 @@ pub struct MdsConfig {
     pub token: Option<String>,
     pub lease: Duration,
     pub invalidation_ack_timeout: Duration,
+    /// Longest the reconnect phase after a restart holds operations (`crate::reconnect`).
+    pub reconnect_timeout: Duration,
     pub persist: PersistConfig,
     /// Elastic metadata cache replicas (off unless `deployments > 0`).
     pub replicas: ReplicaSettings,
@@ -102,6 +104,7 @@ pub async fn run(
         replicas.coherence.clone(),
     ));
     let reaper_task = tokio::spawn(reap_expired_sessions(mds.clone(), shutdown.clone()));
+    tokio::spawn(mds.reconnect.clone().end_after(config.reconnect_timeout));
 
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

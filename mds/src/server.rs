@@ -8,6 +8,7 @@
 use crate::journal_writer::JournalWriter;
 use crate::metrics_names;
 use crate::persist::PersistProgress;
+use crate::reconnect::Reconnect;
 use crate::replica::coherence::Coherence;
 use crate::sessions::Sessions;
 use cudele_journal::{Event, Ino, Seq, SessionId};
@@ -106,6 +107,9 @@ pub struct Mds {
     operations: Mutex<BTreeMap<&'static str, u64>>,
     /// Cache replicas to invalidate before a mutation is acknowledged (DESIGN.md §7).
     pub replicas: Arc<Coherence>,
+    /// Holds namespace operations after a restart until the sessions known before it
+    /// reconnected (see `crate::reconnect`).
+    pub reconnect: Arc<Reconnect>,
 }
 
 impl Mds {
@@ -118,11 +122,14 @@ impl Mds {
         objects: Arc<cudele_journal::store::JournalStore>,
         replicas: Arc<Coherence>,
     ) -> Self {
-        // Sessions known from before a restart get a fresh lease so their mounts can resume.
+        // Sessions known from before a restart get a fresh lease so their mounts can resume,
+        // and the reconnect phase waits for them.
         for session in namespace.sessions() {
             sessions.activate(session.session, String::from_utf8_lossy(&session.client).into_owned());
         }
+        let reconnect = Reconnect::new(namespace.sessions().map(|session| session.session));
         Mds {
+            reconnect: Arc::new(reconnect),
             namespace: RwLock::new(namespace),
             unsafe_block: Mutex::new(UnsafeBlock::default()),
             authors: Mutex::new(Authors::default()),
@@ -302,6 +309,8 @@ impl Mds {
                 }
             }
             if group.is_empty() {
+                drop(namespace);
+                self.reconnect.reconnected(origin);
                 return Ok(summary);
             }
             self.note_touched(origin, &touched);
@@ -314,6 +323,7 @@ impl Mds {
             tracing::warn!(origin, failed = summary.failed, reasons = ?summary.failures, "replayed records refused");
         }
         self.finish(origin, Some(seq), touched, replica_plan).await?;
+        self.reconnect.reconnected(origin);
         Ok(summary)
     }
 
@@ -365,6 +375,7 @@ impl Mds {
         // (resume_session looks it up in the namespace); then stop its lease.
         let closed = self.mutate(0, |_| Ok(Event::SessionClose { session }), |_, _| ()).await;
         self.sessions.remove(session);
+        self.reconnect.reconnected(session);
         closed
     }
 

@@ -78,6 +78,8 @@ async fn instrumented_early<T>(
     operation: &'static str,
     work: impl std::future::Future<Output = NsResult<(T, Option<Unsafe>)>>,
 ) -> Reply<T> {
+    // After a restart, wait until the mounts replayed what it lost (see `crate::reconnect`).
+    mds.reconnect.admit(operation).await;
     let started = Instant::now();
     mds.count_operation(operation);
     metrics::counter!(metrics_names::OPERATIONS_TOTAL, "op" => operation).increment(1);
@@ -187,7 +189,11 @@ impl mds_server::Mds for MdsService {
         }
         let receiver =
             self.mds.sessions.subscribe(session).ok_or_else(|| Status::unauthenticated("session is not live"))?;
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        // The incarnation tells a mount whose stream broke whether we restarted, so it can
+        // replay and reconnect at once rather than at its next heartbeat.
+        let mut response = Response::new(ReceiverStream::new(receiver));
+        early::stamp(response.metadata_mut(), self.mds.incarnation, self.mds.journal.durable_seq());
+        Ok(response)
     }
 
     async fn ack_invalidation(&self, request: Request<pb::AckInvalidationRequest>) -> Reply<pb::Empty> {

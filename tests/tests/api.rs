@@ -781,8 +781,17 @@ async fn allocated_inode_ranges_never_overlap() {
     }
     assert_errno(api.client.allocate_inodes(pb::AllocateInodesRequest { count: 0 }).await, libc::EINVAL);
 
-    // Killed and restarted: the allocator is durable too.
+    // Killed and restarted: the allocator is durable too. The old session reports that it
+    // reconnected (an empty Replay: nothing to replay), which ends the reconnect phase that
+    // holds namespace operations until every session known before the restart has.
     server.mds.restart().unwrap();
+    let reconnected = wait_until(PATIENCE, || {
+        let mut old = api.client.clone();
+        // The first call on the old connection may find it broken by the restart.
+        async move { old.replay(pb::ReplayRequest { records: vec![] }).await.is_ok() }
+    })
+    .await;
+    assert!(reconnected, "the old session could not report its reconnection");
     let mut api = client(&server, "api").await;
     assigned.push(api.create(ROOT, "after-restart", 0o644).await.unwrap().ino);
     let range = api.client.allocate_inodes(pb::AllocateInodesRequest { count: 10 }).await.unwrap().into_inner();

@@ -30,7 +30,19 @@ const KILL_DELAY_MAX_MS: u64 = 700;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Entries per client above which the clients prefer removing things.
 const ENTRIES_SOFT_MAX: usize = 60;
-const MDS_ARGS: [&str; 6] = ["--flush-interval-ms", "50", "--snapshot-interval-ms", "300", "--lease-ms", "120000"];
+/// No reconnect phase: these clients ask for no early replies, so they never have anything to
+/// replay, and they do not report reconnecting (a restarted MDS would hold every operation
+/// for the reconnect timeout waiting for them).
+const MDS_ARGS: [&str; 8] = [
+    "--flush-interval-ms",
+    "50",
+    "--snapshot-interval-ms",
+    "300",
+    "--lease-ms",
+    "120000",
+    "--reconnect-timeout-ms",
+    "0",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {

@@ -5,9 +5,12 @@
 //!
 //! The MDS runs with `CUDELE_FAULT_SEGMENT_DELAY_MS` so that every segment write takes a
 //! while: a kill -9 right after a burst of creates then always lands while acknowledged
-//! creates are not yet durable. Bounded polls only; skips where FUSE is not usable.
+//! creates are not yet durable. The first test turns the restarted MDS's reconnect phase
+//! off to show the loss and the replay; the second shows that with it (the default) nobody
+//! sees the namespace without the mount's creates, nor takes one of their names, before the
+//! mount has replayed. Bounded polls only; skips where FUSE is not usable.
 
-use cudele_e2e::{fuse_available, wait_until, Api, MdsProcess, Mount};
+use cudele_e2e::{errno_of, fuse_available, wait_until, Api, MdsProcess, Mount};
 use std::path::Path;
 use std::time::Duration;
 
@@ -52,6 +55,8 @@ async fn creates_acknowledged_early_survive_an_mds_kill() {
     // Kill the MDS at once: the last creates were acknowledged but are not durable yet.
     mds.kill();
     mds.env.clear(); // the restarted MDS writes segments at full speed
+                     // No reconnect phase, so our checker sees the MDS before the mount replayed.
+    mds.args.extend(["--reconnect-timeout-ms".to_string(), "0".to_string()]);
     mds.restart().expect("restart the MDS");
     let kept = entries_at_mds(&mds, "burst").await;
     assert!(kept < FILES, "the kill should have lost acknowledged creates (kept {kept} of {FILES})");
@@ -62,6 +67,34 @@ async fn creates_acknowledged_early_survive_an_mds_kill() {
     // What was replayed is durable: it survives another kill -9.
     mds.restart().expect("restart the MDS again");
     assert_eq!(entries_at_mds(&mds, "burst").await, FILES);
+    drop(mount);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconnect_phase_holds_others_until_the_mount_replayed() {
+    if !fuse_available() {
+        eprintln!("skipping: /dev/fuse is not usable here");
+        return;
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut mds = MdsProcess::start_with_env(&root.path().join("mds"), &[], &[SEGMENT_DELAY_ENV]).expect("start");
+    let mount = Mount::start(mds.address, &root.path().join("a"), &root.path().join("journals"), "").expect("mount");
+    let directory = mount.path("burst");
+    tokio::task::block_in_place(|| create_files(&directory));
+    mds.kill(); // as above: acknowledged creates are lost (the first test shows how many)
+    mds.env.clear();
+    mds.restart().expect("restart the MDS (reconnect phase on: the default)");
+    // A client of its own, right away: its operations wait until the mount reconnected
+    // (the mount replays as soon as its invalidation stream shows the new incarnation).
+    let mut rival = Api::open(mds.address, None, "rival").await.expect("rival session");
+    let burst = rival.lookup(1, "burst").await.expect("the directory is durable");
+    for index in 0..FILES {
+        let name = format!("f{index:04}");
+        let taken = rival.create(burst.ino, &name, 0o644).await.expect_err("every name is the mount's");
+        assert_eq!(errno_of(&taken), libc::EEXIST, "{name}: {taken:?}");
+    }
+    assert_eq!(entries_at_mds(&mds, "burst").await, FILES, "nobody sees the directory without the mount's creates");
+    tokio::task::block_in_place(|| all_present(&directory)).expect("and the mount sees them all");
     drop(mount);
 }
 

@@ -16,6 +16,10 @@ const ROOT: u64 = 1;
 /// Files per directory in each populated subtree (about 5.5x entries per subtree).
 const FILES_PER_DIRECTORY: usize = 25;
 const PATIENCE: Duration = Duration::from_secs(60);
+/// These gRPC clients send no heartbeats and never report reconnecting (they ask for no early
+/// replies): without this, a restarted or rebuilt MDS would hold their operations for the
+/// reconnect timeout, waiting for the sessions it knew, while their own leases ran out.
+const NO_RECONNECT_PHASE: [&str; 2] = ["--reconnect-timeout-ms", "0"];
 
 struct Old {
     mds: MdsProcess,
@@ -25,7 +29,8 @@ struct Old {
 impl Old {
     fn start(args: &[&str]) -> Old {
         let directory = tempfile::tempdir().unwrap();
-        let mds = MdsProcess::start(&directory.path().join("data"), args).unwrap();
+        let args: Vec<&str> = args.iter().copied().chain(NO_RECONNECT_PHASE).collect();
+        let mds = MdsProcess::start(&directory.path().join("data"), &args).unwrap();
         Old { mds, directory }
     }
 
@@ -47,7 +52,9 @@ struct Rebuilt {
 async fn rebuild(objects: &Path) -> Rebuilt {
     let fresh = tempfile::tempdir().unwrap();
     let url = file_url(objects);
-    let mut mds = MdsProcess::start(fresh.path(), &["--object-store", &url]).unwrap();
+    let mut mds =
+        MdsProcess::start(fresh.path(), &["--object-store", &url, NO_RECONNECT_PHASE[0], NO_RECONNECT_PHASE[1]])
+            .unwrap();
     let mut api = Api::open(mds.address, None, "rebuilt").await.unwrap();
     let dump = api.checked_dump().await;
     // It is a working MDS, not a read-only copy.

@@ -6,7 +6,9 @@ use cudele_proto::pb;
 #[tokio::test]
 async fn create_survives_kill_and_restart() {
     let directory = tempfile::tempdir().unwrap();
-    let mut mds = MdsProcess::start(directory.path(), &[]).unwrap();
+    // No reconnect phase: this client reopens a session rather than reporting that its old
+    // one reconnected (it has nothing to replay), so the phase would only wait out its timeout.
+    let mut mds = MdsProcess::start(directory.path(), &["--reconnect-timeout-ms", "0"]).unwrap();
     let (mut client, _) = connect_session(mds.address, None, "smoke").await.unwrap();
     let created = client
         .create(pb::CreateRequest {

@@ -444,10 +444,11 @@ async fn observe_progress(shared: &Shared, metadata: &tonic::metadata::MetadataM
         return false;
     }
     let _replaying = shared.replaying.lock().await;
-    let records = lock(&shared.unsafe_log).take_replay();
-    if records.is_empty() {
-        return true; // another thread replayed them meanwhile
-    }
+    // Empty records still tell a restarted MDS we reconnected (it holds operations until
+    // every session it knew has: `cudele_mds::reconnect`).
+    let Some(records) = lock(&shared.unsafe_log).take_replay() else {
+        return true; // another thread replayed meanwhile
+    };
     let request = pb::ReplayRequest { records: records.iter().map(|(_, record)| record.clone()).collect() };
     let mut client = shared.client.clone();
     match tokio::time::timeout(shared.options.rpc_timeout, client.replay(request)).await {
@@ -554,6 +555,12 @@ async fn run_subscriber(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         };
         match subscribed {
             Ok(response) => {
+                // A restarted MDS shows its new incarnation here first: replay (or report
+                // that we reconnected) now, in a task of its own — a replay waits for other
+                // mounts' acknowledgements, which this loop must keep sending.
+                let metadata = response.metadata().clone();
+                let replayer = shared.clone();
+                tokio::spawn(async move { observe_progress(&replayer, &metadata).await });
                 let mut stream = response.into_inner();
                 shared.cache.enable();
                 tracing::debug!(session = session_seen, "invalidation stream open");

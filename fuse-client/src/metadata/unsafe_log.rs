@@ -9,12 +9,18 @@ use cudele_journal::Seq;
 use cudele_proto::early::ReplyProgress;
 use std::collections::BTreeMap;
 
+/// A record awaiting durability: (MDS incarnation, seq) and its encoding.
+pub type UnsafeRecord = ((u64, Seq), Vec<u8>);
+
 #[derive(Debug, Default)]
 pub struct UnsafeLog {
     /// The newest MDS incarnation seen.
     incarnation: u64,
     /// (incarnation, seq) -> encoded record.
     records: BTreeMap<(u64, Seq), Vec<u8>>,
+    /// We saw the MDS restart and have not told it we reconnected (a `Replay`, empty if
+    /// there is nothing to replay): it holds operations until every session it knew has.
+    reconnect_due: bool,
 }
 
 impl UnsafeLog {
@@ -25,6 +31,9 @@ impl UnsafeLog {
             self.records.insert((progress.incarnation, *seq), record.clone());
         }
         if progress.incarnation >= self.incarnation {
+            if self.incarnation != 0 && progress.incarnation > self.incarnation {
+                self.reconnect_due = true;
+            }
             self.incarnation = progress.incarnation;
             let durable = progress.durable_seq;
             let incarnation = self.incarnation;
@@ -36,19 +45,28 @@ impl UnsafeLog {
         self.needs_replay()
     }
 
+    /// A `Replay` is due: records an older incarnation acknowledged wait, or the MDS
+    /// restarted and does not know yet that we reconnected.
     pub fn needs_replay(&self) -> bool {
-        self.records.keys().next().is_some_and(|(incarnation, _)| *incarnation < self.incarnation)
+        self.reconnect_due || self.records.keys().next().is_some_and(|(incarnation, _)| *incarnation < self.incarnation)
     }
 
     /// Remove and return, oldest first, the records older incarnations acknowledged.
-    pub fn take_replay(&mut self) -> Vec<((u64, Seq), Vec<u8>)> {
+    /// The records to replay, if a `Replay` is due (it may carry none: it also reports our
+    /// reconnection). None: nothing is due (another thread replayed meanwhile).
+    pub fn take_replay(&mut self) -> Option<Vec<UnsafeRecord>> {
+        if !self.needs_replay() {
+            return None;
+        }
+        self.reconnect_due = false;
         let newer = self.records.split_off(&(self.incarnation, 0));
         let older = std::mem::replace(&mut self.records, newer);
-        older.into_iter().collect()
+        Some(older.into_iter().collect())
     }
 
     /// Put back records whose replay failed (to be tried again).
-    pub fn restore(&mut self, records: Vec<((u64, Seq), Vec<u8>)>) {
+    pub fn restore(&mut self, records: Vec<UnsafeRecord>) {
+        self.reconnect_due = true;
         self.records.extend(records);
     }
 
@@ -92,7 +110,7 @@ mod tests {
         // The MDS restarted having kept only up to 5: positions of the new incarnation say
         // nothing about the old one's records.
         assert!(log.observe(&reply(20, 5, None)));
-        let replay = log.take_replay();
+        let replay = log.take_replay().expect("due");
         assert_eq!(replay.iter().map(|(key, _)| *key).collect::<Vec<_>>(), vec![(10, 5), (10, 6)]);
         assert!(!log.needs_replay());
         log.restore(replay);
@@ -104,8 +122,21 @@ mod tests {
         let mut log = UnsafeLog::default();
         log.observe(&reply(20, 3, None));
         assert!(log.observe(&reply(10, 100, Some(7))), "its durable position means nothing now");
-        assert_eq!(log.take_replay().len(), 1);
+        assert_eq!(log.take_replay().expect("due").len(), 1);
         assert!(!log.observe(&reply(20, 4, Some(4))));
         assert!(log.is_empty());
+    }
+
+    #[test]
+    fn a_restart_with_nothing_to_replay_still_asks_for_one_empty_replay() {
+        let mut log = UnsafeLog::default();
+        assert!(!log.observe(&reply(10, 4, None)), "the first incarnation seen is no restart");
+        assert!(log.take_replay().is_none());
+        assert!(log.observe(&reply(20, 0, None)), "a restart: report the reconnection");
+        assert_eq!(log.take_replay(), Some(Vec::new()));
+        assert!(log.take_replay().is_none(), "once");
+        assert!(!log.observe(&reply(20, 1, None)));
+        log.restore(Vec::new());
+        assert!(log.needs_replay(), "a failed empty replay is sent again");
     }
 }
