@@ -11,7 +11,7 @@
 //! mount has replayed. Bounded polls only; skips where FUSE is not usable.
 
 use cudele_e2e::{errno_of, fuse_available, wait_until, Api, MdsProcess, Mount};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const SOON: Duration = Duration::from_secs(30);
@@ -41,6 +41,19 @@ fn all_present(directory: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// An MDS whose segment writes are slow, a mount that created `FILES` files in /burst through
+/// it, and the MDS killed right after: the last creates were acknowledged but are not durable
+/// yet. The MDS restarts (when asked) at full speed.
+fn burst_then_kill(root: &Path) -> (MdsProcess, Mount, PathBuf) {
+    let mut mds = MdsProcess::start_with_env(&root.join("mds"), &[], &[SEGMENT_DELAY_ENV]).expect("start");
+    let mount = Mount::start(mds.address, &root.join("a"), &root.join("journals"), "").expect("mount");
+    let directory = mount.path("burst");
+    tokio::task::block_in_place(|| create_files(&directory));
+    mds.kill();
+    mds.env.clear();
+    (mds, mount, directory)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_acknowledged_early_survive_an_mds_kill() {
     if !fuse_available() {
@@ -48,14 +61,8 @@ async fn creates_acknowledged_early_survive_an_mds_kill() {
         return;
     }
     let root = tempfile::tempdir().expect("tempdir");
-    let mut mds = MdsProcess::start_with_env(&root.path().join("mds"), &[], &[SEGMENT_DELAY_ENV]).expect("start");
-    let mount = Mount::start(mds.address, &root.path().join("a"), &root.path().join("journals"), "").expect("mount");
-    let directory = mount.path("burst");
-    tokio::task::block_in_place(|| create_files(&directory));
-    // Kill the MDS at once: the last creates were acknowledged but are not durable yet.
-    mds.kill();
-    mds.env.clear(); // the restarted MDS writes segments at full speed
-                     // No reconnect phase, so our checker sees the MDS before the mount replayed.
+    let (mut mds, mount, directory) = burst_then_kill(root.path());
+    // No reconnect phase, so our checker sees the MDS before the mount replayed.
     mds.args.extend(["--reconnect-timeout-ms".to_string(), "0".to_string()]);
     mds.restart().expect("restart the MDS");
     let kept = entries_at_mds(&mds, "burst").await;
@@ -77,12 +84,8 @@ async fn the_reconnect_phase_holds_others_until_the_mount_replayed() {
         return;
     }
     let root = tempfile::tempdir().expect("tempdir");
-    let mut mds = MdsProcess::start_with_env(&root.path().join("mds"), &[], &[SEGMENT_DELAY_ENV]).expect("start");
-    let mount = Mount::start(mds.address, &root.path().join("a"), &root.path().join("journals"), "").expect("mount");
-    let directory = mount.path("burst");
-    tokio::task::block_in_place(|| create_files(&directory));
-    mds.kill(); // as above: acknowledged creates are lost (the first test shows how many)
-    mds.env.clear();
+    // Acknowledged creates are lost (the first test shows that they are).
+    let (mut mds, mount, directory) = burst_then_kill(root.path());
     mds.restart().expect("restart the MDS (reconnect phase on: the default)");
     // A client of its own, right away: its operations wait until the mount reconnected
     // (the mount replays as soon as its invalidation stream shows the new incarnation).
