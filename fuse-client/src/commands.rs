@@ -71,6 +71,8 @@ pub fn status_json(status: &pb::StatusReply) -> serde_json::Value {
             "store_applied_seq": status.store_applied_seq,
             "snapshot_seq": status.snapshot_seq,
         },
+        "reconnect_pending": status.reconnect_pending,
+        "replayed_records": status.replayed_records,
         "operations": status.operations.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "replicas": replicas_json(status.replicas.as_ref()),
     })
@@ -158,6 +160,13 @@ pub fn status_table(server: &str, status: &pb::StatusReply) -> String {
     );
     let _ =
         writeln!(out, "metadata store applied seq {}  snapshot seq {}", status.store_applied_seq, status.snapshot_seq);
+    if status.reconnect_pending > 0 || status.replayed_records > 0 {
+        let _ = writeln!(
+            out,
+            "reconnect      {} sessions still to reconnect  {} records replayed",
+            status.reconnect_pending, status.replayed_records
+        );
+    }
     let _ = writeln!(out, "\nSESSION  CLIENT                          LEASE LEFT");
     for session in &status.sessions {
         let _ = writeln!(

@@ -25,6 +25,7 @@ const NEVER_HELD: &[&str] = &["open_session", "close_session", "replay", "status
 pub struct Reconnect {
     waiting_for: Mutex<BTreeSet<SessionId>>,
     done: watch::Sender<bool>,
+    replayed_records: std::sync::atomic::AtomicU64,
 }
 
 impl Reconnect {
@@ -39,7 +40,7 @@ impl Reconnect {
                 "reconnect phase: waiting for the sessions known before the restart"
             );
         }
-        Reconnect { waiting_for: Mutex::new(waiting_for), done }
+        Reconnect { waiting_for: Mutex::new(waiting_for), done, replayed_records: Default::default() }
     }
 
     /// `session` reconnected (replayed), closed or expired.
@@ -72,6 +73,16 @@ impl Reconnect {
     /// Sessions not yet reconnected.
     pub fn pending(&self) -> usize {
         self.waiting_for.lock().expect("reconnect lock poisoned").len()
+    }
+
+    /// Count records a `Replay` re-applied.
+    pub fn replayed(&self, records: u64) {
+        self.replayed_records.fetch_add(records, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records re-applied from replays since start.
+    pub fn replayed_records(&self) -> u64 {
+        self.replayed_records.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Return once `operation` may run.

@@ -323,6 +323,12 @@ impl Mds {
             tracing::warn!(origin, failed = summary.failed, reasons = ?summary.failures, "replayed records refused");
         }
         self.finish(origin, Some(seq), touched, replica_plan).await?;
+        tracing::info!(
+            origin,
+            applied = summary.applied,
+            "re-applied creates a previous incarnation acknowledged early"
+        );
+        self.reconnect.replayed(summary.applied);
         self.reconnect.reconnected(origin);
         Ok(summary)
     }

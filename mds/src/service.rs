@@ -681,6 +681,8 @@ impl mds_server::Mds for MdsService {
             operations: mds.operation_counts().into_iter().map(|(name, count)| (name.to_string(), count)).collect(),
             object_store_url: mds.object_store_url.clone(),
             replicas: Some(crate::replica::status::replica_status(&mds.replicas)),
+            reconnect_pending: mds.reconnect.pending() as u64,
+            replayed_records: mds.reconnect.replayed_records(),
         }))
     }
 
