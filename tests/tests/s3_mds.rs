@@ -32,6 +32,11 @@ fn start_mds(moto: &MotoServer, data_dir: &std::path::Path) -> MdsProcess {
         "50",
         "--snapshot-interval-ms",
         "300",
+        // No reconnect phase: these gRPC clients send no heartbeats and never report
+        // reconnecting (they ask for no early replies), so a rebuilt MDS would hold their
+        // operations for the reconnect timeout while their own leases ran out.
+        "--reconnect-timeout-ms",
+        "0",
     ];
     MdsProcess::start_with_env(data_dir, &args, &CREDENTIALS).expect("start cudele-mds on S3")
 }
