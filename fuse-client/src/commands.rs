@@ -3,13 +3,13 @@
 use crate::data::gc::{collect_garbage, GcReport};
 use crate::data::ChunkStore;
 use crate::error::ClientError;
-use crate::metadata::rpc::{lazy_channel, Headers};
+use crate::metadata::rpc::{connection, lazy_channel, Headers};
 use crate::metadata::{Metadata, RemoteMetadata, RemoteOptions};
 use crate::runtime::Blocking;
 use crate::sync::{Arc, AtomicU64};
 use cudele_journal::store::{JournalStore, StoreOptions};
 use cudele_namespace::NsError;
-use cudele_proto::pb::{self, mds_client::MdsClient};
+use cudele_proto::pb;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub fn fetch_status(server: &str, token: Option<&str>) -> Result<pb::StatusReply
         let _entered = runtime.handle().enter();
         lazy_channel(server)?
     };
-    let mut client = MdsClient::with_interceptor(channel, headers);
+    let mut client = connection(channel, &headers);
     let reply = runtime.block_on(async move {
         match tokio::time::timeout(Duration::from_millis(STATUS_TIMEOUT_MS), client.status(pb::Empty {})).await {
             Ok(Ok(reply)) => Ok(Ok(reply.into_inner())),

@@ -752,6 +752,21 @@ impl Fixture {
         (fs, metadata)
     }
 
+    /// A mount that wrote `bytes` at the start of `ino` (unflushed) and whose layouts now
+    /// fail with `error`; returns it, its metadata and the open handle.
+    fn unpublishable_write(
+        &self,
+        ino: Ino,
+        bytes: &[u8],
+        error: NsError,
+    ) -> (CudeleFs<FaultyMetadata>, Arc<FaultyMetadata>, u64) {
+        let (writer, faulty) = self.faulty_mount();
+        let handle = writer.open(ino, RW).expect("open");
+        writer.write(handle, 0, bytes, Caller::ROOT).expect("write");
+        faulty.fail_layouts(Some(error));
+        (writer, faulty, handle)
+    }
+
     /// A file of [`FENCING_CHUNK_SIZE_BYTES`] chunks holding `content`, published.
     fn small_chunk_file(&self, name: &str, content: &[u8]) -> Ino {
         let ino = self.file(ROOT_INO, name, b"");
@@ -840,10 +855,8 @@ fn refused_release_reports_and_cleans_up() {
     let fixture = fixture();
     let ino = fixture.small_chunk_file("f", b"published");
     let stored_before = fixture.stored(ino);
-    let (writer, faulty) = fixture.faulty_mount();
-    let handle = writer.open(ino, RW).expect("open");
-    writer.write(handle, 0, b"unpublished data", Caller::ROOT).expect("write");
-    faulty.fail_layouts(Some(NsError::Busy("subtree is decoupled by another client")));
+    let (writer, _, handle) =
+        fixture.unpublishable_write(ino, b"unpublished data", NsError::Busy("subtree is decoupled by another client"));
     assert_eq!(errno_of(writer.release(handle)), libc::EBUSY);
     assert_eq!(fixture.stored(ino), stored_before);
     assert_eq!(fixture.read_all(ino), b"published");
@@ -856,10 +869,8 @@ fn flush_after_transport_failure_keeps_uploads() {
     let fixture = fixture();
     let ino = fixture.small_chunk_file("f", b"published");
     let stored_before = fixture.stored(ino);
-    let (writer, faulty) = fixture.faulty_mount();
-    let handle = writer.open(ino, RW).expect("open");
-    writer.write(handle, 0, b"maybe", Caller::ROOT).expect("write");
-    faulty.fail_layouts(Some(NsError::Io("MDS unreachable".to_string())));
+    let (writer, faulty, handle) =
+        fixture.unpublishable_write(ino, b"maybe", NsError::Io("MDS unreachable".to_string()));
     assert_eq!(errno_of(writer.flush(handle)), libc::EIO);
     assert_eq!(fixture.read_all(ino), b"published");
     let stored_after = fixture.stored(ino);

@@ -15,7 +15,7 @@
 
 use super::cache::{CacheGeneration, CachedEntry, MetadataCache};
 use super::replica_reads::{self, ReplicaMode, ReplicaReads};
-use super::rpc::{classify, lazy_channel, next_backoff, Failure, Headers, MdsConnection};
+use super::rpc::{classify, connection, lazy_channel, next_backoff, Failure, Headers, MdsConnection};
 use super::thread_runtime::{self, ThreadRuntimes};
 use super::unsafe_log::UnsafeLog;
 use super::{FsStats, InodeAttr, LayoutUpdate, Metadata, Owner, Published, ReaddirPage, SetAttrChanges, TimeChange};
@@ -150,7 +150,7 @@ impl RemoteMetadata {
             let _entered = runtime.handle().enter();
             lazy_channel(&options.address)?
         };
-        let client = thread_runtime::connection(channel, &headers);
+        let client = connection(channel, &headers);
         let threads = ThreadRuntimes::new(&options.address, headers);
         let shared = Arc::new(Shared {
             options,

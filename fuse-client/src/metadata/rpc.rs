@@ -71,6 +71,13 @@ impl tonic::service::Interceptor for Headers {
     }
 }
 
+/// A client over `channel` that sends `headers` and accepts our largest messages.
+pub fn connection(channel: Channel, headers: &Headers) -> MdsConnection {
+    MdsClient::with_interceptor(channel, headers.clone())
+        .max_decoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
+}
+
 /// `host:port` or `http://host:port` as an endpoint URI.
 pub fn endpoint_uri(address: &str) -> String {
     if address.contains("://") {

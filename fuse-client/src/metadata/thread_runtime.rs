@@ -13,9 +13,8 @@
 //! MDS closed it meanwhile, the next call sees a transport error and retries like after any
 //! outage (the channel reconnects by itself).
 
-use super::rpc::{lazy_channel_without_pings, Headers, MdsConnection};
+use super::rpc::{connection, lazy_channel_without_pings, Headers, MdsConnection};
 use crate::sync::{lock, Arc, Mutex};
-use cudele_proto::pb::mds_client::MdsClient;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -108,13 +107,6 @@ impl ThreadRuntimes {
         runtimes.insert(id, runtime.clone());
         Some(runtime)
     }
-}
-
-/// A client over `channel` that sends `headers` and accepts our largest messages.
-pub fn connection(channel: tonic::transport::Channel, headers: &Headers) -> MdsConnection {
-    MdsClient::with_interceptor(channel, headers.clone())
-        .max_decoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
 }
 
 /// The connection of the thread runtime running the current call for `owner`, if any.
