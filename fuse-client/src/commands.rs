@@ -103,6 +103,7 @@ fn replicas_json(replicas: Option<&pb::ReplicaStatus>) -> serde_json::Value {
             "index": deployment.index,
             "instances": deployment.instances,
             "draining": deployment.draining,
+            "launching": deployment.launching,
             "hits": deployment.hits,
             "misses": deployment.misses,
             "hit_rate": hit_rate(deployment.hits, deployment.misses),
@@ -126,7 +127,7 @@ fn replicas_table(out: &mut String, replicas: Option<&pb::ReplicaStatus>) {
         "\nreplicas       {} deployments  {} registrations  {} invalidations sent  {} declared dead",
         replicas.deployments, replicas.registrations, replicas.invalidations_sent, replicas.instances_declared_dead
     );
-    let _ = writeln!(out, "DEPLOYMENT INSTANCES DRAINING       HITS     MISSES HIT RATE   CACHED DEMAND");
+    let _ = writeln!(out, "DEPLOYMENT INSTANCES DRAINING LAUNCHING       HITS     MISSES HIT RATE   CACHED DEMAND");
     for deployment in &replicas.list {
         let rate = match hit_rate(deployment.hits, deployment.misses) {
             Some(rate) => format!("{:.1} %", rate * 100.0),
@@ -134,10 +135,11 @@ fn replicas_table(out: &mut String, replicas: Option<&pb::ReplicaStatus>) {
         };
         let _ = writeln!(
             out,
-            "{:<10} {:>9} {:>8} {:>10} {:>10} {:>8} {:>8} {:>6.2}",
+            "{:<10} {:>9} {:>8} {:>9} {:>10} {:>10} {:>8} {:>8} {:>6.2}",
             deployment.index,
             deployment.instances,
             deployment.draining,
+            deployment.launching,
             deployment.hits,
             deployment.misses,
             rate,

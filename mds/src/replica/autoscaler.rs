@@ -225,6 +225,7 @@ impl Autoscaler {
             } else if desired < current && cooled {
                 self.drain(index, serving, (current - desired).min(SCALE_DOWN_STEP_MAX), now);
             }
+            self.registry.set_launching(index, self.deployments[deployment].pending.len() as u32);
         }
         decisions
     }
@@ -485,5 +486,36 @@ mod tests {
         registry.wake(0);
         autoscaler.tick(at(start, 2400));
         assert_eq!(live(&registry), 1, "woken from zero within the cooldown");
+    }
+
+    /// Launched instances count as launching (published in the registry, which the
+    /// deployments list and `cudele status` show) until they register.
+    #[test]
+    fn launched_instances_count_as_launching_until_they_register() {
+        struct SlowLauncher(Mutex<Vec<LaunchSpec>>);
+        impl InstanceLauncher for SlowLauncher {
+            fn launch(&self, spec: &LaunchSpec) -> Result<(), LaunchError> {
+                self.0.lock().expect("lock").push(spec.clone());
+                Ok(())
+            }
+            fn stop(&self, _launch_id: u64) {}
+            fn has_exited(&self, _launch_id: u64) -> bool {
+                false
+            }
+            fn stop_all(&self) {}
+        }
+        let registry = Arc::new(Registry::new(2, Duration::from_secs(3600), Duration::from_secs(60)));
+        let launcher = Arc::new(SlowLauncher(Mutex::default()));
+        let settings = ReplicaSettings { deployments: 2, min_instances: 2, max_instances: 4, ..ReplicaSettings::default() };
+        let mut autoscaler = Autoscaler::new(registry.clone(), launcher.clone(), settings, "mds:1".into());
+        let start = Instant::now();
+        autoscaler.tick(start);
+        assert_eq!(registry.launching(), vec![2, 2]);
+        let specs = launcher.0.lock().expect("lock").clone();
+        let first = specs.iter().find(|spec| spec.deployment == 1).expect("a launch for deployment 1");
+        registry.register(1, "slow:1".into(), 1, first.launch_id).expect("register");
+        autoscaler.tick(at(start, 100));
+        assert_eq!(registry.launching(), vec![2, 1], "the registered one is no longer launching");
+        assert_eq!(launcher.0.lock().expect("lock").len(), 4, "launching instances count as capacity");
     }
 }

@@ -77,11 +77,19 @@ impl coordinator_server::Coordinator for CoordinatorService {
     async fn list_deployments(&self, _request: Request<pb::Empty>) -> Reply<replica_pb::DeploymentsReply> {
         let (epoch, instances) = self.registry.snapshot();
         let now = Instant::now();
+        let launching = self.registry.launching();
         let mut list: Vec<replica_pb::Deployment> = (0..self.registry.deployments())
-            .map(|index| replica_pb::Deployment { index, instances: Vec::new() })
+            .map(|index| replica_pb::Deployment {
+                index,
+                launching: launching.get(index as usize).copied().unwrap_or(0),
+                ..Default::default()
+            })
             .collect();
-        for instance in instances.into_iter().filter(|instance| !instance.draining) {
-            if let Some(deployment) = list.get_mut(instance.deployment as usize) {
+        for instance in instances {
+            let Some(deployment) = list.get_mut(instance.deployment as usize) else { continue };
+            if instance.draining {
+                deployment.draining += 1;
+            } else {
                 deployment.instances.push(replica_pb::InstanceInfo {
                     instance: instance.id,
                     address: instance.address,

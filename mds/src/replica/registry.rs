@@ -104,6 +104,8 @@ struct RegistryState {
     next_id: InstanceId,
     epoch: u64,
     wakes: Vec<u32>,
+    /// Per deployment: instances launched, not registered yet (the autoscaler publishes it).
+    launching: Vec<u32>,
     /// Last counters of processes with no live registration.
     retired: BTreeMap<ProcessKey, ServedTotals>,
     /// Per deployment: counters of retired processes folded away past [`RETIRED_INSTANCES_MAX`].
@@ -143,6 +145,7 @@ impl Registry {
                 next_id: 1,
                 epoch: 1,
                 wakes: Vec::new(),
+                launching: vec![0; deployments as usize],
                 retired: BTreeMap::new(),
                 folded: BTreeMap::new(),
                 registrations: 0,
@@ -332,6 +335,18 @@ impl Registry {
 
     pub fn take_wakes(&self) -> Vec<u32> {
         std::mem::take(&mut self.lock().wakes)
+    }
+
+    /// The autoscaler's count of instances of `deployment` launched and not registered yet.
+    pub fn set_launching(&self, deployment: u32, count: u32) {
+        if let Some(launching) = self.lock().launching.get_mut(deployment as usize) {
+            *launching = count;
+        }
+    }
+
+    /// Per deployment: instances launched and not registered yet.
+    pub fn launching(&self) -> Vec<u32> {
+        self.lock().launching.clone()
     }
 }
 

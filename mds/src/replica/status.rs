@@ -18,6 +18,9 @@ pub fn replica_status(coherence: &Coherence) -> pb::ReplicaStatus {
         deployment.invalidations = served.invalidations;
         deployment.rejected = served.rejected;
     }
+    for (deployment, launching) in list.iter_mut().zip(registry.launching()) {
+        deployment.launching = launching;
+    }
     let (_, instances) = registry.snapshot();
     for instance in instances {
         let Some(deployment) = list.get_mut(instance.deployment as usize) else { continue };
@@ -46,7 +49,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// Instances are counted per deployment (draining apart) and hits include departed ones.
+    /// Instances are counted per deployment (draining and launching apart) and hits include
+    /// departed ones.
     #[test]
     fn counts_instances_and_hits_per_deployment() {
         let registry = Arc::new(Registry::new(2, Duration::from_secs(10), Duration::from_millis(100)));
@@ -59,11 +63,14 @@ mod tests {
         registry.heartbeat(draining, Some(load(6)));
         registry.mark_draining(draining);
         registry.deregister_reporting(gone, Some(load(7))).expect("deregister");
+        registry.set_launching(0, 3);
         let status = replica_status(&coherence);
         assert_eq!(status.deployments, 2);
         let counts: Vec<(u32, u32, u64, u64)> =
             status.list.iter().map(|d| (d.instances, d.draining, d.hits, d.misses)).collect();
         assert_eq!(counts, vec![(0, 0, 7, 1), (1, 1, 10, 2)]);
+        let launching: Vec<u32> = status.list.iter().map(|d| d.launching).collect();
+        assert_eq!(launching, vec![3, 0]);
         assert_eq!(status.registrations, 3);
     }
 }
