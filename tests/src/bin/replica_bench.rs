@@ -112,9 +112,10 @@ struct Options {
     directories: usize,
     #[arg(long, default_value_t = 12)]
     files_per_directory: usize,
-    /// Instance counts of the scaling part (empty: skip it). Each count is run twice: with the
-    /// bounded instance capacity above, and unbounded (no service time: CPU-bound).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    /// Instance counts of the scaling part (the flag without values skips it). Each count is
+    /// run twice: with the bounded instance capacity above, and unbounded (no service time:
+    /// CPU-bound).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2,4,8")]
     scaling_instances: Vec<u32>,
     #[arg(long, default_value_t = 7)]
     scaling_step_s: u64,
