@@ -899,7 +899,7 @@ impl Namespace {
             let Some(inode) = self.inodes.get(&ino) else { continue };
             let attr = &inode.record.attr;
             out.push_str(&format!(
-                "{} ino={} {:?} perm={:o} uid={} gid={} nlink={} size={} mtime={}.{} link={:?} xattrs={:?} policy={} decoupled={:?}\n",
+                "{} ino={} {:?} perm={:o} uid={} gid={} nlink={} size={} mtime={}.{} link={:?} xattrs={:?} policy={} decoupled={:?} chunk_size={} chunks={:?}\n",
                 String::from_utf8_lossy(&path),
                 ino,
                 attr.kind,
@@ -914,6 +914,13 @@ impl Namespace {
                 inode.record.xattrs.iter().map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.len())).collect::<Vec<_>>(),
                 inode.record.policy.is_some(),
                 inode.record.decoupling.as_ref().map(|d| (d.owner, d.range.start, d.range.end)),
+                inode.record.chunk_size_bytes,
+                inode
+                    .record
+                    .chunks
+                    .iter()
+                    .map(|(index, chunk)| (index, chunk.version.writer, chunk.version.serial, chunk.length_bytes))
+                    .collect::<Vec<_>>(),
             ));
             if let Some(children) = &inode.children {
                 for (name, child) in children.iter().rev() {

@@ -518,7 +518,13 @@ pub async fn populate(api: &mut Api, parent: u64, tag: &str, files_per_directory
                     size: number as u64 * 4096 + 1,
                     chunk_size_bytes: 1 << 22,
                     mtime: Some(pb::Timestamp { seconds: 1_600_000_000 + number as i64, nanoseconds: 7 }),
-                    chunks: Vec::new(),
+                    // A published chunk, so that dump comparisons cover chunk maps too.
+                    chunks: vec![pb::Chunk {
+                        index: 0,
+                        writer: api.session,
+                        serial: number as u64,
+                        length_bytes: number as u32 * 4096 + 1,
+                    }],
                 };
                 api.client.set_layout(request).await?;
             }

@@ -506,7 +506,8 @@ mod tests {
         }
         let registry = Arc::new(Registry::new(2, Duration::from_secs(3600), Duration::from_secs(60)));
         let launcher = Arc::new(SlowLauncher(Mutex::default()));
-        let settings = ReplicaSettings { deployments: 2, min_instances: 2, max_instances: 4, ..ReplicaSettings::default() };
+        let settings =
+            ReplicaSettings { deployments: 2, min_instances: 2, max_instances: 4, ..ReplicaSettings::default() };
         let mut autoscaler = Autoscaler::new(registry.clone(), launcher.clone(), settings, "mds:1".into());
         let start = Instant::now();
         autoscaler.tick(start);

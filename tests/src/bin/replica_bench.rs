@@ -765,7 +765,11 @@ async fn run_elastic(options: &Options, directory: &Path) -> Result<Value> {
     let oracle: f64 = phase_demand
         .iter()
         .map(|phases| {
-            phases.iter().enumerate().map(|(phase, demand)| f64::from(instances_for(*demand)) * phase_seconds(phase)).sum::<f64>()
+            phases
+                .iter()
+                .enumerate()
+                .map(|(phase, demand)| f64::from(instances_for(*demand)) * phase_seconds(phase))
+                .sum::<f64>()
         })
         .sum();
     let static_sustained = f64::from(sustained_instances) * covered;
