@@ -20,6 +20,31 @@ use std::time::{Duration, Instant};
 /// How long the autoscaler may take to bring instances up or down in these tests.
 const SCALING_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Autoscaler settings fast enough for a test to watch it act (`--replica-` options).
+const FAST_AUTOSCALER: [(&str, &str); 4] =
+    [("target-concurrency", "1"), ("cooldown-ms", "300"), ("idle-ms", "1500"), ("autoscale-interval-ms", "100")];
+/// A dead instance is noticed within 1.5 s and a missing invalidation ACK within 0.3 s.
+const QUICK_FAILOVER: [(&str, &str); 2] = [("lease-ms", "1500"), ("ack-timeout-ms", "300")];
+
+/// An MDS in `directory` with `deployments` cache deployments of `min..=max` instances each,
+/// and more `--replica-NAME VALUE` options.
+fn replica_mds(directory: &Path, (deployments, min, max): (u32, u32, u32), settings: &[(&str, &str)]) -> MdsProcess {
+    let mut arguments = vec![
+        "--replica-deployments".to_string(),
+        deployments.to_string(),
+        "--replica-min".to_string(),
+        min.to_string(),
+        "--replica-max".to_string(),
+        max.to_string(),
+    ];
+    for (name, value) in settings {
+        arguments.push(format!("--replica-{name}"));
+        arguments.push(value.to_string());
+    }
+    let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    MdsProcess::start(directory, &arguments).expect("start mds")
+}
+
 async fn deployments(mds: &MdsProcess) -> DeploymentsReply {
     let mut coordinator = CoordinatorClient::connect(mds.url()).await.expect("connect to the coordinator");
     coordinator.list_deployments(pb::Empty {}).await.expect("list deployments").into_inner()
@@ -62,11 +87,7 @@ struct Writer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_through_replicas_never_go_back_before_an_acknowledged_write() {
     let directory = tempfile::tempdir().expect("tempdir");
-    let mds = MdsProcess::start(
-        directory.path(),
-        &["--replica-deployments", "3", "--replica-min", "2", "--replica-max", "2", "--replica-lease-ms", "2000"],
-    )
-    .expect("start mds");
+    let mds = replica_mds(directory.path(), (3, 2, 2), &[("lease-ms", "2000")]);
     assert!(wait_for_instances(&mds, 2).await, "instances did not come up");
 
     const WRITERS: usize = 3;
@@ -220,22 +241,7 @@ async fn reads_through_replicas_never_go_back_before_an_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_replica_fails_no_read() {
     let directory = tempfile::tempdir().expect("tempdir");
-    let mds = MdsProcess::start(
-        directory.path(),
-        &[
-            "--replica-deployments",
-            "1",
-            "--replica-min",
-            "2",
-            "--replica-max",
-            "2",
-            "--replica-lease-ms",
-            "1500",
-            "--replica-ack-timeout-ms",
-            "300",
-        ],
-    )
-    .expect("start mds");
+    let mds = replica_mds(directory.path(), (1, 2, 2), &QUICK_FAILOVER);
     assert!(wait_for_instances(&mds, 2).await, "instances did not come up");
     let mut api = Api::open(mds.address, None, "writer").await.expect("session");
     let work = api.mkdir(1, "work", 0o755).await.expect("mkdir").ino;
@@ -313,34 +319,20 @@ async fn killing_a_replica_fails_no_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autoscaler_scales_up_under_load_and_down_when_idle() {
     let directory = tempfile::tempdir().expect("tempdir");
-    let mds = MdsProcess::start(
+    let mds = replica_mds(
         directory.path(),
+        (1, 1, 3),
         &[
-            "--replica-deployments",
-            "1",
-            "--replica-min",
-            "1",
-            "--replica-max",
-            "3",
-            "--replica-target-concurrency",
-            "1",
-            "--replica-concurrency-limit",
-            "2",
-            "--replica-service-time-us",
-            "5000",
-            "--replica-cooldown-ms",
-            "300",
-            "--replica-idle-ms",
-            "1500",
-            "--replica-stable-window-ms",
-            "1500",
-            "--replica-panic-window-ms",
-            "300",
-            "--replica-autoscale-interval-ms",
-            "100",
-        ],
-    )
-    .expect("start mds");
+            FAST_AUTOSCALER.as_slice(),
+            &[
+                ("concurrency-limit", "2"),
+                ("service-time-us", "5000"),
+                ("stable-window-ms", "1500"),
+                ("panic-window-ms", "300"),
+            ],
+        ]
+        .concat(),
+    );
     assert!(wait_for_instances(&mds, 1).await, "the first instance did not come up");
     let mut api = Api::open(mds.address, None, "setup").await.expect("session");
     let work = api.mkdir(1, "work", 0o755).await.expect("mkdir").ino;
@@ -383,30 +375,11 @@ async fn autoscaler_scales_up_under_load_and_down_when_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_min_zero_wakes_on_demand_and_goes_back_to_zero() {
     let directory = tempfile::tempdir().expect("tempdir");
-    let mds = MdsProcess::start(
+    let mds = replica_mds(
         directory.path(),
-        &[
-            "--replica-deployments",
-            "1",
-            "--replica-min",
-            "0",
-            "--replica-max",
-            "2",
-            "--replica-target-concurrency",
-            "1",
-            "--replica-cooldown-ms",
-            "300",
-            "--replica-idle-ms",
-            "1500",
-            "--replica-stable-window-ms",
-            "1000",
-            "--replica-panic-window-ms",
-            "300",
-            "--replica-autoscale-interval-ms",
-            "100",
-        ],
-    )
-    .expect("start mds");
+        (1, 0, 2),
+        &[FAST_AUTOSCALER.as_slice(), &[("stable-window-ms", "1000"), ("panic-window-ms", "300")]].concat(),
+    );
     let mut api = Api::open(mds.address, None, "setup").await.expect("session");
     let work = api.mkdir(1, "work", 0o755).await.expect("mkdir").ino;
     api.create(work, "f", 0o644).await.expect("create");
@@ -603,28 +576,11 @@ fn mounts_read_through_replicas_without_stale_reads() {
     }
     let root = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mds = MdsProcess::start(
+    let mds = replica_mds(
         &root.path().join("mds"),
-        &[
-            "--replica-deployments",
-            "2",
-            "--replica-min",
-            "1",
-            "--replica-max",
-            "2",
-            "--replica-target-concurrency",
-            "1",
-            "--replica-cooldown-ms",
-            "300",
-            "--replica-idle-ms",
-            "1500",
-            "--replica-autoscale-interval-ms",
-            "100",
-            "--replica-lease-ms",
-            "2000",
-        ],
-    )
-    .expect("start mds");
+        (2, 1, 2),
+        &[FAST_AUTOSCALER.as_slice(), &[("lease-ms", "2000")]].concat(),
+    );
     assert!(runtime.block_on(wait_for_instances(&mds, 1)), "instances did not come up");
     let (rounds, _writer, reader) = two_mounts_never_read_stale(&mds, root.path());
     let read_work = reader.path("work");
@@ -652,22 +608,7 @@ fn killing_a_replica_under_a_mount_fails_no_read() {
     }
     let root = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mds = MdsProcess::start(
-        &root.path().join("mds"),
-        &[
-            "--replica-deployments",
-            "1",
-            "--replica-min",
-            "2",
-            "--replica-max",
-            "2",
-            "--replica-lease-ms",
-            "1500",
-            "--replica-ack-timeout-ms",
-            "300",
-        ],
-    )
-    .expect("start mds");
+    let mds = replica_mds(&root.path().join("mds"), (1, 2, 2), &QUICK_FAILOVER);
     assert!(runtime.block_on(wait_for_instances(&mds, 2)), "instances did not come up");
     let files = runtime.block_on(async {
         let mut api = Api::open(mds.address, None, "setup").await.expect("session");
@@ -767,11 +708,7 @@ fn blocking_decoupled_subtree_is_busy_through_replicas() {
     }
     let root = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let mds = MdsProcess::start(
-        &root.path().join("mds"),
-        &["--replica-deployments", "2", "--replica-min", "1", "--replica-max", "1"],
-    )
-    .expect("start mds");
+    let mds = replica_mds(&root.path().join("mds"), (2, 1, 1), &[]);
     assert!(runtime.block_on(wait_for_instances(&mds, 1)), "instances did not come up");
     let a = Mount::start(mds.address, &root.path().join("a"), &root.path().join("aj"), "").expect("mount a");
     let b = Mount::start(mds.address, &root.path().join("b"), &root.path().join("bj"), "").expect("mount b");
