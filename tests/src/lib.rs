@@ -56,6 +56,29 @@ impl MdsProcess {
         Self::start_on(data_dir, "127.0.0.1:0", args)
     }
 
+    /// Start an MDS with `deployments` cache deployments of `min..=max` replica instances each
+    /// and more `--replica-NAME VALUE` options from `settings`.
+    pub fn start_with_replicas(
+        data_dir: &Path,
+        (deployments, min, max): (u32, u32, u32),
+        settings: &[(&str, &str)],
+    ) -> Result<MdsProcess> {
+        let mut args = vec![
+            "--replica-deployments".to_string(),
+            deployments.to_string(),
+            "--replica-min".to_string(),
+            min.to_string(),
+            "--replica-max".to_string(),
+            max.to_string(),
+        ];
+        for (name, value) in settings {
+            args.push(format!("--replica-{name}"));
+            args.push(value.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start(data_dir, &args)
+    }
+
     pub fn start_on(data_dir: &Path, listen: &str, args: &[&str]) -> Result<MdsProcess> {
         Self::start_on_with_env(data_dir, listen, args, &[])
     }

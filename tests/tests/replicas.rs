@@ -28,21 +28,8 @@ const QUICK_FAILOVER: [(&str, &str); 2] = [("lease-ms", "1500"), ("ack-timeout-m
 
 /// An MDS in `directory` with `deployments` cache deployments of `min..=max` instances each,
 /// and more `--replica-NAME VALUE` options.
-fn replica_mds(directory: &Path, (deployments, min, max): (u32, u32, u32), settings: &[(&str, &str)]) -> MdsProcess {
-    let mut arguments = vec![
-        "--replica-deployments".to_string(),
-        deployments.to_string(),
-        "--replica-min".to_string(),
-        min.to_string(),
-        "--replica-max".to_string(),
-        max.to_string(),
-    ];
-    for (name, value) in settings {
-        arguments.push(format!("--replica-{name}"));
-        arguments.push(value.to_string());
-    }
-    let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-    MdsProcess::start(directory, &arguments).expect("start mds")
+fn replica_mds(directory: &Path, shape: (u32, u32, u32), settings: &[(&str, &str)]) -> MdsProcess {
+    MdsProcess::start_with_replicas(directory, shape, settings).expect("start mds")
 }
 
 async fn deployments(mds: &MdsProcess) -> DeploymentsReply {

@@ -308,34 +308,26 @@ fn latency_summary(mut latencies: Vec<u32>) -> Value {
     })
 }
 
+/// Reads per second one instance serves with every slot busy (concurrency limit / service
+/// time); None without a service time (the instance is bounded by the CPUs only).
+fn nominal_reads_per_second(options: &Options) -> Option<f64> {
+    (options.service_time_us > 0).then(|| f64::from(options.concurrency_limit) / (options.service_time_us as f64 / 1e6))
+}
+
 /// Start an MDS with replicas configured from `options`, `min..=max` instances per deployment.
 fn start_mds(options: &Options, data_dir: &Path, deployments: u32, min: u32, max: u32) -> Result<MdsProcess> {
-    let arguments: Vec<String> = vec![
-        "--replica-deployments".into(),
-        deployments.to_string(),
-        "--replica-min".into(),
-        min.to_string(),
-        "--replica-max".into(),
-        max.to_string(),
-        "--replica-target-concurrency".into(),
-        options.target_concurrency.to_string(),
-        "--replica-concurrency-limit".into(),
-        options.concurrency_limit.to_string(),
-        "--replica-service-time-us".into(),
-        options.service_time_us.to_string(),
-        "--replica-cooldown-ms".into(),
-        options.cooldown_ms.to_string(),
-        "--replica-idle-ms".into(),
-        options.idle_ms.to_string(),
-        "--replica-stable-window-ms".into(),
-        options.stable_window_ms.to_string(),
-        "--replica-panic-window-ms".into(),
-        options.panic_window_ms.to_string(),
-        "--replica-panic-threshold".into(),
-        options.panic_threshold.to_string(),
+    let settings = [
+        ("target-concurrency", options.target_concurrency.to_string()),
+        ("concurrency-limit", options.concurrency_limit.to_string()),
+        ("service-time-us", options.service_time_us.to_string()),
+        ("cooldown-ms", options.cooldown_ms.to_string()),
+        ("idle-ms", options.idle_ms.to_string()),
+        ("stable-window-ms", options.stable_window_ms.to_string()),
+        ("panic-window-ms", options.panic_window_ms.to_string()),
+        ("panic-threshold", options.panic_threshold.to_string()),
     ];
-    let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-    MdsProcess::start(data_dir, &arguments)
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    MdsProcess::start_with_replicas(data_dir, (deployments, min, max), &settings)
 }
 
 /// Live (listed) instances per deployment.
@@ -565,8 +557,8 @@ async fn run_elastic(options: &Options, directory: &Path) -> Result<Value> {
             while !stop.load(Ordering::Acquire) {
                 if let Ok(reply) = coordinator.list_deployments(pb::Empty {}).await {
                     let reply = reply.into_inner();
-                    let live = reply.list.iter().map(|deployment| deployment.instances.len()).sum();
-                    let live_per_deployment = reply.list.iter().map(|deployment| deployment.instances.len()).collect();
+                    let live_per_deployment: Vec<usize> =
+                        reply.list.iter().map(|deployment| deployment.instances.len()).collect();
                     let running = reply
                         .list
                         .iter()
@@ -588,7 +580,7 @@ async fn run_elastic(options: &Options, directory: &Path) -> Result<Value> {
                         .collect();
                     samples.push(MonitorSample {
                         at_ms: started.elapsed().as_millis() as u64,
-                        live,
+                        live: live_per_deployment.iter().sum(),
                         running,
                         demand: demand_per_deployment.iter().sum(),
                         live_per_deployment,
@@ -708,7 +700,9 @@ async fn run_elastic(options: &Options, directory: &Path) -> Result<Value> {
         .map(|(_, weight)| weight)
         .sum::<f64>()
         / MIX.iter().map(|(_, weight)| weight).sum::<f64>();
-    let instance_capacity_reads = f64::from(options.concurrency_limit) / (options.service_time_us.max(1) as f64 / 1e6);
+    // Without a service time, as if it were 1 µs: any read load needs an instance.
+    let instance_capacity_reads =
+        nominal_reads_per_second(options).unwrap_or(f64::from(options.concurrency_limit) * 1e6);
     let peak_rate = rates.iter().copied().fold(0.0, f64::max);
     let directory_shares: Vec<f64> = {
         // Reads pick a directory uniformly, so a deployment's share is its share of them.
@@ -896,9 +890,7 @@ async fn run_scaling(options: &Options, root: &Path, bounded: bool) -> Result<Va
             _ => 0.0,
         };
         let throughput = counted.load(Ordering::Relaxed) as f64 / seconds;
-        let capacity = (options.service_time_us > 0).then(|| {
-            f64::from(instances) * f64::from(options.concurrency_limit) / (options.service_time_us as f64 / 1e6)
-        });
+        let capacity = nominal_reads_per_second(options).map(|per_instance| f64::from(instances) * per_instance);
         eprintln!(
             "scaling ({label}): {instances} instance(s): {throughput:.0} lookups/s (CPU {:.0}% busy)",
             busy * 100.0
