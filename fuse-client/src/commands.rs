@@ -6,7 +6,7 @@ use crate::error::ClientError;
 use crate::metadata::rpc::{connection, lazy_channel, Headers};
 use crate::metadata::{Metadata, RemoteMetadata, RemoteOptions};
 use crate::runtime::Blocking;
-use crate::sync::{Arc, AtomicU64};
+use crate::sync::Arc;
 use cudele_journal::store::{JournalStore, StoreOptions};
 use cudele_namespace::NsError;
 use cudele_proto::pb;
@@ -29,14 +29,19 @@ pub fn read_token(path: Option<&Path>) -> Result<Option<String>, ClientError> {
 /// Ask the MDS at `server` for its status (no session needed).
 pub fn fetch_status(server: &str, token: Option<&str>) -> Result<pb::StatusReply, ClientError> {
     let runtime = Blocking::new("cudele-status").map_err(ClientError::io("starting a runtime"))?;
-    let headers = Headers::new(token, Arc::new(AtomicU64::new(0)))?;
+    let headers = Headers::new(token, Arc::new(cudele_proto::auth::SessionSlot::default()))?;
     let channel = {
         let _entered = runtime.handle().enter();
         lazy_channel(server)?
     };
     let mut client = connection(channel, &headers);
     let reply = runtime.block_on(async move {
-        match tokio::time::timeout(Duration::from_millis(STATUS_TIMEOUT_MS), client.status(pb::Empty {})).await {
+        match tokio::time::timeout(
+            Duration::from_millis(STATUS_TIMEOUT_MS),
+            client.status(pb::StatusRequest::default()),
+        )
+        .await
+        {
             Ok(Ok(reply)) => Ok(Ok(reply.into_inner())),
             Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => Ok(Err(status.message().to_string())),
             Ok(Err(status)) => Err(NsError::Io(format!("{:?}: {}", status.code(), status.message()))),

@@ -21,7 +21,11 @@ use crate::event::{
 
 /// Version of the payload encoding; bump it (and keep a decoder for the old one) whenever the
 /// encoding of [`Event`] changes, including adding a variant.
-pub const EVENT_FORMAT_VERSION: u8 = 2;
+pub const EVENT_FORMAT_VERSION: u8 = 3;
+
+/// The payload encoding before `SessionOpenVerified` existed. Variants are only ever
+/// appended, so a version 2 payload decodes exactly as version 3 does.
+pub const EVENT_FORMAT_VERSION_WITHOUT_VERIFIED_SESSIONS: u8 = 2;
 
 /// The payload encoding before `SetLayout` carried `chunks` (decoded, never written).
 pub const EVENT_FORMAT_VERSION_WITHOUT_CHUNKS: u8 = 1;
@@ -75,6 +79,17 @@ pub fn decode_record(payload: &[u8]) -> Result<Record, JournalError> {
     let (&version, encoded) = payload.split_first().ok_or(JournalError::EmptyPayload)?;
     let record = match version {
         EVENT_FORMAT_VERSION => decode_whole::<Record>(encoded)?,
+        EVENT_FORMAT_VERSION_WITHOUT_VERIFIED_SESSIONS => {
+            let record = decode_whole::<Record>(encoded)?;
+            if matches!(record.event, Event::SessionOpenVerified { .. }) {
+                // Version 2 had no such variant: a payload claiming one is corrupt.
+                return Err(JournalError::InvalidEvent {
+                    kind: record.event.kind_name(),
+                    reason: "a verified session open in a version 2 payload".into(),
+                });
+            }
+            record
+        }
         EVENT_FORMAT_VERSION_WITHOUT_CHUNKS => decode_version_without_chunks(encoded)?,
         _ => return Err(JournalError::UnsupportedEventFormat { found: version, supported: EVENT_FORMAT_VERSION }),
     };
@@ -210,6 +225,10 @@ pub fn validate_event(event: &Event) -> Result<(), JournalError> {
         }
         Event::AllocateInodes { owner: _, range } => check(inode_range("range", range.start, range.end)),
         Event::SessionOpen { session: _, client, time } => {
+            check(length_at_most("client", client, CLIENT_DESCRIPTION_LENGTH_MAX_BYTES))?;
+            check(timestamp("time", time))
+        }
+        Event::SessionOpenVerified { session: _, client, time, verifier: _ } => {
             check(length_at_most("client", client, CLIENT_DESCRIPTION_LENGTH_MAX_BYTES))?;
             check(timestamp("time", time))
         }
@@ -355,7 +374,7 @@ mod tests {
         encode_record(&typical_create_record(), &mut payload);
         payload[0] = EVENT_FORMAT_VERSION + 1;
         let error = decode_record(&payload).expect_err("future version");
-        assert!(matches!(error, JournalError::UnsupportedEventFormat { found: 3, supported: 2 }));
+        assert!(matches!(error, JournalError::UnsupportedEventFormat { found: 4, supported: 3 }));
         assert!(matches!(decode_record(&[]), Err(JournalError::EmptyPayload)));
     }
 
@@ -411,6 +430,30 @@ mod tests {
         // A version 1 set-layout with bytes after its fields is refused.
         payload.push(0);
         assert!(matches!(decode_record(&payload), Err(JournalError::TrailingBytes { trailing_bytes: 1 })));
+    }
+
+    /// Version 2 payloads decode as version 3 (variants are only appended), and a version 2
+    /// payload claiming the version 3 variant is refused.
+    #[test]
+    fn version_without_verified_sessions_decodes() {
+        let mut old = Vec::new();
+        encode_record(&typical_create_record(), &mut old);
+        old[0] = EVENT_FORMAT_VERSION_WITHOUT_VERIFIED_SESSIONS;
+        assert_eq!(decode_record(&old).expect("version 2 create"), typical_create_record());
+        let verified = Record {
+            seq: 3,
+            event: Event::SessionOpenVerified {
+                session: 2,
+                client: b"host".to_vec(),
+                time: Timestamp { seconds: 1, nanoseconds: 0 },
+                verifier: [7; 32],
+            },
+        };
+        let mut payload = Vec::new();
+        encode_record(&verified, &mut payload);
+        assert_eq!(decode_record(&payload).expect("version 3"), verified);
+        payload[0] = EVENT_FORMAT_VERSION_WITHOUT_VERIFIED_SESSIONS;
+        assert!(matches!(decode_record(&payload), Err(JournalError::InvalidEvent { .. })));
     }
 
     /// Bytes after the encoded record are an error, not ignored.

@@ -254,6 +254,16 @@ pub enum Event {
         owner: SessionId,
         through_seq: Seq,
     },
+    /// A session opened with a credential (event format 3): `verifier` is the SHA-256 of
+    /// its secret (`cudele_proto::auth::credential_verifier`), never the secret, so that the
+    /// journal — readable from the object store — proves nothing to whoever reads it, and
+    /// the session can be resumed after a restart only by the holder of the secret.
+    SessionOpenVerified {
+        session: SessionId,
+        client: Vec<u8>,
+        time: Timestamp,
+        verifier: [u8; 32],
+    },
 }
 
 impl Event {
@@ -278,6 +288,7 @@ impl Event {
             Event::SessionOpen { .. } => "session_open",
             Event::SessionClose { .. } => "session_close",
             Event::Merged { .. } => "merged",
+            Event::SessionOpenVerified { .. } => "session_open",
         }
     }
 }

@@ -506,3 +506,14 @@ mod tests {
         assert!(!format!("{options:?}").contains("hunter2"));
     }
 }
+
+/// Object-store prefix of globally persisted client journals (the only prefix besides
+/// `data/` that clients write; docs/SECURITY.md).
+pub const CLIENT_JOURNAL_PREFIX: &str = "client-journals/";
+
+/// Where a subtree's client journal lives in the object store: one object per subtree and
+/// session, replaced at each persist (it always holds every unmerged event). A merge by a
+/// client may name only its own.
+pub fn client_journal_object(subtree: crate::Ino, session: crate::SessionId) -> String {
+    format!("{CLIENT_JOURNAL_PREFIX}{subtree:016x}/{session:016x}.seg")
+}

@@ -300,6 +300,9 @@ fn event() -> impl Strategy<Value = Event> {
         (any::<u64>(), bytes_without(b"", 0, CLIENT_DESCRIPTION_LENGTH_MAX_BYTES), timestamp())
             .prop_map(|(session, client, time)| Event::SessionOpen { session, client, time }),
         any::<u64>().prop_map(|session| Event::SessionClose { session }),
+        (any::<u64>(), bytes_without(b"", 0, 64), timestamp(), any::<[u8; 32]>()).prop_map(
+            |(session, client, time, verifier)| { Event::SessionOpenVerified { session, client, time, verifier } }
+        ),
         (ino(), any::<u64>(), any::<u64>()).prop_map(|(ino, owner, through_seq)| Event::Merged {
             ino,
             owner,

@@ -68,6 +68,10 @@ struct ServeOptions {
     /// File holding the shared secret clients must present.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// File holding the operators' secret (admin role: operator merges with `cudele journal
+    /// apply`, Dump, replica instances started by hand). Without it nobody is admin.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -163,9 +167,14 @@ struct ReplicaOptions {
     /// Address to serve on (port 0 picks a free port; it is printed and registered).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// File holding the shared secret (the MDS's).
+    /// File holding the client token (the MDS's `--token-file`): what mounts present here.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// File holding what this instance presents to the MDS: the admin token, for an instance
+    /// started by hand (instances the MDS launches get their credential from it, in
+    /// CUDELE_REPLICA_TOKEN).
+    #[arg(long)]
+    mds_token_file: Option<PathBuf>,
     /// Requests served at once.
     #[arg(long, default_value_t = INSTANCE_CONCURRENCY_LIMIT_DEFAULT)]
     concurrency_limit: u32,
@@ -239,6 +248,7 @@ fn serve(options: ServeOptions) -> Result<()> {
             ..StoreOptions::default()
         },
         token,
+        admin_token: read_token(options.admin_token_file.as_ref())?,
         lease: Duration::from_millis(options.lease_ms),
         invalidation_ack_timeout: Duration::from_millis(options.invalidation_ack_timeout_ms),
         reconnect_timeout: Duration::from_millis(options.reconnect_timeout_ms),
@@ -284,11 +294,17 @@ fn serve(options: ServeOptions) -> Result<()> {
 }
 
 fn replica(options: ReplicaOptions) -> Result<()> {
+    let token = read_token(options.token_file.as_ref())?;
+    let mds_token = match std::env::var(cudele_mds::replica::launcher::REPLICA_TOKEN_ENV) {
+        Ok(launched_with) => Some(launched_with),
+        Err(_) => read_token(options.mds_token_file.as_ref())?.or_else(|| token.clone()),
+    };
     let config = InstanceConfig {
         mds: options.mds,
         deployment: options.deployment,
         listen: options.listen,
-        token: read_token(options.token_file.as_ref())?,
+        token,
+        mds_token,
         launch_id: options.launch_id,
         concurrency_limit: options.concurrency_limit,
         queue_length_max: options.queue_length_max,

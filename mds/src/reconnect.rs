@@ -70,6 +70,11 @@ impl Reconnect {
         }
     }
 
+    /// Whether the phase still waits for `session` (it may replay now, once).
+    pub fn awaits(&self, session: SessionId) -> bool {
+        self.waiting_for.lock().expect("reconnect lock poisoned").contains(&session)
+    }
+
     /// Sessions not yet reconnected.
     pub fn pending(&self) -> usize {
         self.waiting_for.lock().expect("reconnect lock poisoned").len()

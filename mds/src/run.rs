@@ -12,7 +12,7 @@ use crate::service::MdsService;
 use crate::sessions::Sessions;
 use anyhow::{Context, Result};
 use cudele_journal::store::{JournalStore, StoreOptions};
-use cudele_proto::auth::{token_matches, AUTHORIZATION_HEADER};
+use cudele_proto::auth::{Tokens, AUTHORIZATION_HEADER};
 use cudele_proto::pb::mds_server::MdsServer;
 use cudele_proto::replica_pb::coordinator_server::CoordinatorServer;
 use std::net::SocketAddr;
@@ -24,8 +24,9 @@ use tokio::sync::{mpsc, watch};
 
 /// Durable batches queued between the journal writer and the flusher.
 const DURABLE_BATCH_QUEUE_LENGTH_MAX: usize = 1024;
-/// Concurrent requests served per client connection.
-const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+/// Concurrent requests served per client connection (a mount runs at most a few hundred
+/// at once: its FUSE threads and the kernel's background requests).
+const REQUESTS_PER_CONNECTION_MAX: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct MdsConfig {
@@ -34,8 +35,11 @@ pub struct MdsConfig {
     /// Object store URL; default: a directory `objects` under the data dir.
     pub object_store: Option<String>,
     pub store_options: StoreOptions,
-    /// Shared secret clients must present; None accepts every client.
+    /// Shared secret clients must present; None accepts every client (as admin: `--insecure`).
     pub token: Option<String>,
+    /// Secret operators present for admin calls (operator merges, Dump, replica
+    /// registration by hand); None: no caller is admin unless `token` is None too.
+    pub admin_token: Option<String>,
     pub lease: Duration,
     pub invalidation_ack_timeout: Duration,
     /// Longest the reconnect phase after a restart holds operations (`crate::reconnect`).
@@ -116,19 +120,25 @@ pub async fn run(
         let _ = bound.send(address);
     }
 
-    let token = config.token.clone();
-    let authenticate = move |request: tonic::Request<()>| {
-        if let Some(expected) = &token {
-            let presented = request.metadata().get(AUTHORIZATION_HEADER).and_then(|value| value.to_str().ok());
-            if !token_matches(presented, expected) {
-                return Err(tonic::Status::unauthenticated("missing or wrong token"));
-            }
-        }
+    let tokens = Tokens {
+        client: config.token.clone(),
+        admin: config.admin_token.clone(),
+        replica: replicas.replica_token.clone(),
+    };
+    // Every call is admitted with the role its token grants (docs/SECURITY.md); the
+    // services read it from the request's extensions and refuse what the role may not do.
+    let authenticate = move |mut request: tonic::Request<()>| {
+        let presented = request.metadata().get(AUTHORIZATION_HEADER).and_then(|value| value.to_str().ok());
+        let role = tokens.role_of(presented).ok_or_else(|| tonic::Status::unauthenticated("missing or wrong token"))?;
+        request.extensions_mut().insert(role);
         Ok(request)
     };
     let service = tonic::service::interceptor::InterceptedService::new(
         MdsServer::new(MdsService { mds: mds.clone() })
-            .max_decoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
+            // Merge and Replay are the largest requests; every other call checks its own,
+            // smaller bound (`service::REQUEST_BYTES_MAX`). Replies may be larger (a
+            // decoupled subtree's snapshot).
+            .max_decoding_message_size(crate::service::BULK_REQUEST_BYTES_MAX)
             .max_encoding_message_size(cudele_proto::MESSAGE_BYTES_MAX),
         authenticate.clone(),
     );

@@ -10,10 +10,11 @@ use crate::metrics_names;
 use crate::persist::PersistProgress;
 use crate::reconnect::Reconnect;
 use crate::replica::coherence::Coherence;
-use crate::sessions::Sessions;
+use crate::sessions::{Sessions, SESSIONS_MAX};
 use cudele_journal::{Event, Ino, Seq, SessionId};
 use cudele_namespace::{Namespace, NsError, NsResult};
-use std::collections::BTreeMap;
+use cudele_proto::auth::{credential_verifier, Credential};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -91,8 +92,10 @@ impl ReplaySummary {
 
 pub struct Mds {
     namespace: RwLock<Namespace>,
-    /// Taken only under the namespace write lock.
-    unsafe_block: Mutex<UnsafeBlock>,
+    /// Each session's block of inode numbers for creates answered early (reserved with the
+    /// session as owner, so a replay can be checked against it). Taken only under the
+    /// namespace write lock.
+    unsafe_blocks: Mutex<HashMap<SessionId, UnsafeBlock>>,
     /// Who appended the latest events (updated under the namespace write lock).
     authors: Mutex<Authors>,
     /// The process's start time (ns): clients learn from a change that unsafe records not
@@ -110,7 +113,12 @@ pub struct Mds {
     /// Holds namespace operations after a restart until the sessions known before it
     /// reconnected (see `crate::reconnect`).
     pub reconnect: Arc<Reconnect>,
+    /// Merges running at once (each holds its decoded client journal).
+    pub merge_slots: tokio::sync::Semaphore,
 }
+
+/// Merges the MDS runs at once; more wait.
+pub const MERGES_CONCURRENT_MAX: usize = 2;
 
 impl Mds {
     pub fn new(
@@ -125,13 +133,16 @@ impl Mds {
         // Sessions known from before a restart get a fresh lease so their mounts can resume,
         // and the reconnect phase waits for them.
         for session in namespace.sessions() {
-            sessions.activate(session.session, String::from_utf8_lossy(&session.client).into_owned());
+            sessions.activate(session.session, String::from_utf8_lossy(&session.client).into_owned(), session.verifier);
         }
-        let reconnect = Reconnect::new(namespace.sessions().map(|session| session.session));
+        // Sessions from before credentials cannot authenticate a Replay: do not wait for them.
+        let reconnect = Reconnect::new(
+            namespace.sessions().filter(|session| session.verifier.is_some()).map(|session| session.session),
+        );
         Mds {
             reconnect: Arc::new(reconnect),
             namespace: RwLock::new(namespace),
-            unsafe_block: Mutex::new(UnsafeBlock::default()),
+            unsafe_blocks: Mutex::new(HashMap::new()),
             authors: Mutex::new(Authors::default()),
             incarnation: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -144,6 +155,7 @@ impl Mds {
             started: Instant::now(),
             operations: Mutex::new(BTreeMap::new()),
             replicas,
+            merge_slots: tokio::sync::Semaphore::new(MERGES_CONCURRENT_MAX),
         }
     }
 
@@ -206,13 +218,18 @@ impl Mds {
     ) -> NsResult<(R, Option<Unsafe>)> {
         let (seq, touched, result, replica_plan, unsafe_event) = {
             let mut namespace = self.namespace.write().expect("namespace lock poisoned");
-            let mut block = self.unsafe_block.lock().expect("unsafe block lock poisoned");
+            let early = early && origin != 0;
+            let mut blocks = self.unsafe_blocks.lock().expect("unsafe block lock poisoned");
+            let mut no_block = UnsafeBlock::default();
+            let block = if early { blocks.entry(origin).or_default() } else { &mut no_block };
             let backlog = self.journal.last_assigned().saturating_sub(self.journal.durable_seq());
             let mut reply_early = early && backlog < UNSAFE_EVENTS_MAX;
             if reply_early && block.next >= block.end {
-                // A fresh block, journaled ahead of the event; this reply waits for both.
+                // A fresh block for this session, journaled ahead of the event (this reply
+                // waits for both); the session record keeps the range, so a replay after a
+                // restart can only name numbers from it.
                 let range = namespace.peek_range(UNSAFE_INODE_BLOCK);
-                let reservation = Event::AllocateInodes { owner: 0, range };
+                let reservation = Event::AllocateInodes { owner: origin, range };
                 let reserved = namespace.apply(&reservation)?;
                 let ready_seq = self.journal.append(reservation, namespace.store_ops(&reserved));
                 self.appended(ready_seq, origin);
@@ -221,7 +238,10 @@ impl Mds {
             }
             let new_ino = if early && block.next < block.end { block.next } else { namespace.next_ino() };
             let event = build(&namespace, new_ino)?;
+            // Everything the journal writer would refuse is refused here, before apply:
+            // nothing an RPC accepted can make the writer stop.
             cudele_namespace::validate_event(&event)?;
+            namespace.check_limits(&event)?;
             check_interference(&namespace, origin, &event)?;
             let touched = namespace.apply(&event)?;
             self.note_touched(origin, &touched);
@@ -278,20 +298,37 @@ impl Mds {
     /// Re-apply create-like records a client got early replies for from an MDS that lost
     /// them (it restarted before they were durable). Idempotent: a record whose inode
     /// exists is skipped. Applied records form one atomic group; returns once durable.
+    ///
+    /// Trusted only as far as it can be checked: accepted from a session the restarted MDS
+    /// knew, during the reconnect phase and before that session reconnected, and only for
+    /// creates of inode numbers reserved for that very session. A replay breaking any of
+    /// these is refused whole (nothing applied), naming the first offending record.
     pub async fn replay(&self, origin: SessionId, records: Vec<cudele_journal::Record>) -> NsResult<ReplaySummary> {
         let mut summary = ReplaySummary::default();
+        if !self.reconnect.awaits(origin) {
+            if records.is_empty() {
+                // "I have nothing to replay": harmless at any time.
+                return Ok(summary);
+            }
+            return Err(NsError::Refused(format!(
+                "session {origin} may not replay: replays are accepted only in the reconnect phase after a \
+                 restart, once, from a session the restarted MDS knew"
+            )));
+        }
         let (seq, touched, replica_plan) = {
             let mut namespace = self.namespace.write().expect("namespace lock poisoned");
+            let refused = check_replay(&namespace, origin, &records);
+            if let Err(error) = refused {
+                drop(namespace);
+                // It had its chance: the phase does not wait for it any longer.
+                self.reconnect.reconnected(origin);
+                tracing::warn!(origin, %error, "replay refused");
+                return Err(error);
+            }
             let mut group = Vec::new();
             let mut touched = cudele_namespace::Touched::default();
             for record in records {
-                let ino = match &record.event {
-                    Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } => *ino,
-                    other => {
-                        summary.fail(&record, &format!("a {} cannot be replayed", other.kind_name()));
-                        continue;
-                    }
-                };
+                let ino = created_ino(&record.event);
                 if namespace.record(ino).is_ok() {
                     summary.already_applied += 1;
                     continue;
@@ -333,46 +370,56 @@ impl Mds {
         Ok(summary)
     }
 
-    pub async fn open_session(&self, client: String) -> NsResult<SessionId> {
+    /// Open a session for `client`: journal it with the verifier of a fresh secret and
+    /// return the credential (id + secret), which only the caller ever sees.
+    pub async fn open_session(&self, client: String) -> NsResult<Credential> {
+        if self.sessions.count() >= SESSIONS_MAX {
+            return Err(NsError::NoSpace("too many sessions"));
+        }
         let client_bytes = client.clone().into_bytes();
-        let session = self
+        let secret = Credential::generate(0).secret;
+        let credential = self
             .mutate(
                 0,
                 |namespace| {
-                    Ok(Event::SessionOpen {
-                        session: namespace.next_session_id(),
+                    let session = namespace.next_session_id();
+                    Ok(Event::SessionOpenVerified {
+                        session,
                         client: client_bytes,
                         time: cudele_journal::Timestamp::now(),
+                        verifier: credential_verifier(session, &secret),
                     })
                 },
                 |_, event| match event {
-                    Event::SessionOpen { session, .. } => *session,
-                    _ => unreachable!("built a SessionOpen event"),
+                    Event::SessionOpenVerified { session, .. } => Credential { session: *session, secret },
+                    _ => unreachable!("built a SessionOpenVerified event"),
                 },
             )
             .await?;
-        self.sessions.activate(session, client);
-        Ok(session)
+        self.sessions.activate(credential.session, client, Some(credential.verifier()));
+        Ok(credential)
     }
 
-    /// Resume a session known to the namespace (a client reconnecting after an MDS restart).
-    pub fn resume_session(&self, session: SessionId) -> bool {
-        if self.sessions.renew(session) {
-            return true;
+    /// Resume a session known to the namespace (a client reconnecting after an MDS restart,
+    /// or after its lease lapsed without the session being closed): only with its secret.
+    pub fn resume_session(&self, credential: &Credential) -> bool {
+        let session = credential.session;
+        if self.sessions.authenticate(credential) {
+            return self.sessions.renew(session);
         }
         let known = self
             .namespace
             .read()
             .expect("namespace lock poisoned")
-            .sessions()
-            .find(|record| record.session == session)
-            .map(|record| String::from_utf8_lossy(&record.client).into_owned());
+            .session(session)
+            .filter(|record| record.verifier.is_some_and(|verifier| credential.verifies(&verifier)))
+            .map(|record| (String::from_utf8_lossy(&record.client).into_owned(), record.verifier));
         match known {
-            Some(client) => {
-                self.sessions.activate(session, client);
+            Some((client, verifier)) if !self.sessions.is_live(session) => {
+                self.sessions.activate(session, client, verifier);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -381,6 +428,7 @@ impl Mds {
         // (resume_session looks it up in the namespace); then stop its lease.
         let closed = self.mutate(0, |_| Ok(Event::SessionClose { session }), |_, _| ()).await;
         self.sessions.remove(session);
+        self.unsafe_blocks.lock().expect("unsafe block lock poisoned").remove(&session);
         self.reconnect.reconnected(session);
         closed
     }
@@ -431,9 +479,148 @@ impl Mds {
     }
 }
 
+/// The inode a create-like event makes (the root for other events).
+pub fn created_ino(event: &Event) -> Ino {
+    match event {
+        Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } | Event::Link { ino, .. } => {
+            *ino
+        }
+        _ => cudele_journal::ROOT_INO,
+    }
+}
+
+/// The trust checks of a merge into the subtree at `subtree`, run over the whole journal
+/// before any of it applies, so that a merge breaking one is refused whole: no event of a
+/// kind only the MDS journals; creates only of inode numbers handed to the subtree's owner
+/// (its decoupling's range or ranges it allocated since); and, under `interfere_policy:
+/// block` — nobody else changed the subtree, so nothing the owner touched can have left it —
+/// no reference to an existing inode outside the subtree. (Under `allow` such an event is
+/// skipped, as other clients may have moved things out; it never edits anything outside.)
+fn check_merge(
+    namespace: &Namespace,
+    subtree: Ino,
+    owner: Option<SessionId>,
+    records: &[cudele_journal::Record],
+) -> NsResult<()> {
+    let decoupling = namespace.record(subtree)?.decoupling.as_ref();
+    let session = owner.and_then(|owner| namespace.session(owner));
+    let handed_out = |ino: Ino| {
+        decoupling.is_some_and(|decoupling| decoupling.range.contains(ino))
+            || session.is_some_and(|session| session.owns_ino(ino))
+    };
+    let outside_refused = decoupling.is_some_and(|decoupling| policy_blocks(&decoupling.policy));
+    for record in records {
+        let refuse =
+            |why: String| Err(NsError::Refused(format!("event {} ({}): {why}", record.seq, record.event.kind_name())));
+        match &record.event {
+            Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } => {
+                if owner.is_some() && !handed_out(*ino) {
+                    return refuse(format!("inode {ino} was not handed to the subtree's owner"));
+                }
+            }
+            Event::Decouple { .. }
+            | Event::Recouple { .. }
+            | Event::SetPolicy { .. }
+            | Event::AllocateInodes { .. }
+            | Event::SessionOpen { .. }
+            | Event::SessionOpenVerified { .. }
+            | Event::SessionClose { .. }
+            | Event::Merged { .. } => return refuse("a client journal may not hold this kind of event".into()),
+            Event::Link { .. }
+            | Event::Unlink { .. }
+            | Event::Rmdir { .. }
+            | Event::Rename { .. }
+            | Event::SetAttr { .. }
+            | Event::SetXattr { .. }
+            | Event::RemoveXattr { .. }
+            | Event::SetLayout { .. } => {}
+        }
+        if outside_refused {
+            for referenced in referenced_inodes(&record.event) {
+                if !handed_out(referenced)
+                    && namespace.record(referenced).is_ok()
+                    && !namespace.inode_inside(subtree, referenced)
+                {
+                    return refuse(format!("inode {referenced} is outside the decoupled subtree"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The existing inodes an event names (parents and targets; not the one a create makes).
+fn referenced_inodes(event: &Event) -> Vec<Ino> {
+    match event {
+        Event::Create { parent, .. }
+        | Event::Mkdir { parent, .. }
+        | Event::Symlink { parent, .. }
+        | Event::Unlink { parent, .. }
+        | Event::Rmdir { parent, .. } => vec![*parent],
+        Event::Link { ino, parent, .. } => vec![*ino, *parent],
+        Event::Rename { source_parent, target_parent, .. } => vec![*source_parent, *target_parent],
+        Event::SetAttr { ino, .. }
+        | Event::SetXattr { ino, .. }
+        | Event::RemoveXattr { ino, .. }
+        | Event::SetLayout { ino, .. }
+        | Event::Decouple { ino, .. }
+        | Event::Recouple { ino }
+        | Event::SetPolicy { ino, .. }
+        | Event::Merged { ino, .. } => vec![*ino],
+        Event::AllocateInodes { .. }
+        | Event::SessionOpen { .. }
+        | Event::SessionOpenVerified { .. }
+        | Event::SessionClose { .. } => Vec::new(),
+    }
+}
+
+/// The trust checks of a replay (see [`Mds::replay`]): only creates, only of inode numbers
+/// reserved for `origin`, no more records than a session may hold unsafe.
+fn check_replay(namespace: &Namespace, origin: SessionId, records: &[cudele_journal::Record]) -> NsResult<()> {
+    let Some(session) = namespace.session(origin) else {
+        return Err(NsError::Refused(format!("session {origin} is not known to the namespace")));
+    };
+    if records.len() as u64 > UNSAFE_EVENTS_MAX {
+        return Err(NsError::Refused(format!(
+            "{} records: a session never holds more than {UNSAFE_EVENTS_MAX} unsafe ones",
+            records.len()
+        )));
+    }
+    for record in records {
+        let ino = match &record.event {
+            Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } => *ino,
+            other => {
+                return Err(NsError::Refused(format!(
+                    "record {} ({}): only creates, mkdirs and symlinks are ever answered early",
+                    record.seq,
+                    other.kind_name()
+                )))
+            }
+        };
+        if !session.owns_ino(ino) {
+            return Err(NsError::Refused(format!(
+                "record {} ({}): inode {ino} was not reserved for session {origin}",
+                record.seq,
+                record.event.kind_name()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Inside a subtree decoupled with `interfere_policy: block`, every other session's
 /// operation fails with EBUSY; parents stay usable. (Reads are refused by the service layer.)
+/// A rename is checked on both parents and on what it moves or replaces: a blocking
+/// decoupled root, or a directory holding one, moves only with its owner.
 pub fn check_interference(namespace: &Namespace, origin: SessionId, event: &Event) -> NsResult<()> {
+    if let Event::Rename { source_parent, source_name, target_parent, target_name, .. } = event {
+        for (parent, name) in [(source_parent, source_name), (target_parent, target_name)] {
+            if let Some(child) = namespace.child_of(*parent, name) {
+                check_access(namespace, origin, child)?;
+                check_holds_no_blocked_subtree(namespace, origin, child)?;
+            }
+        }
+    }
     let inodes: Vec<Ino> = match event {
         Event::Create { parent, .. }
         | Event::Mkdir { parent, .. }
@@ -450,6 +637,20 @@ pub fn check_interference(namespace: &Namespace, origin: SessionId, event: &Even
     };
     for ino in inodes {
         check_access(namespace, origin, ino)?;
+    }
+    Ok(())
+}
+
+/// EBUSY if directory `ino` holds a subtree another session decoupled with
+/// `interfere_policy: block` (renaming it would move their files).
+fn check_holds_no_blocked_subtree(namespace: &Namespace, origin: SessionId, ino: Ino) -> NsResult<()> {
+    if !namespace.record(ino).is_ok_and(|record| record.is_directory()) {
+        return Ok(());
+    }
+    for (root, decoupling) in namespace.decoupled_roots() {
+        if decoupling.owner != origin && policy_blocks(&decoupling.policy) && namespace.is_ancestor_of(ino, root) {
+            return Err(NsError::Busy("the directory holds a subtree decoupled by another client"));
+        }
     }
     Ok(())
 }
@@ -508,12 +709,20 @@ impl Mds {
         if !policy.is_decoupled() {
             return Err(NsError::InvalidArgument("the policy's consistency is strong: nothing to decouple"));
         }
+        if ino == cudele_journal::ROOT_INO {
+            return Err(NsError::Refused("the root cannot be decoupled: it would lock out every other client".into()));
+        }
         let count = policy.allocated_inodes();
         let blocks = policy.interfere() == cudele_policy::Interference::Block;
         let (range, ops, (inodes, entries)) = self
             .mutate(
                 origin,
                 |namespace| {
+                    // No overlap with any decoupled subtree: not inside one (apply checks
+                    // that) and not above one, whose files would change hands.
+                    if namespace.decoupled_roots().any(|(root, _)| root != ino && namespace.is_ancestor_of(ino, root)) {
+                        return Err(NsError::Busy("a subtree below is decoupled already"));
+                    }
                     Ok(Event::Decouple { ino, owner: origin, range: namespace.peek_range(count), policy: policy_text })
                 },
                 |namespace, event| match event {
@@ -571,6 +780,7 @@ impl Mds {
             if owner.is_some_and(|owner| owner != origin) && !operator {
                 return Err(NsError::Busy("the subtree is decoupled by another client"));
             }
+            check_merge(&namespace, ino, owner, &records)?;
             let position = match owner {
                 Some(owner) => namespace.merge_position(ino, owner)?,
                 None => records.first().map_or(0, |record| record.seq.saturating_sub(1)),

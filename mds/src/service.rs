@@ -2,11 +2,11 @@
 //! filesystem semantics live here; errors map through `cudele_proto::status`.
 
 use crate::metrics_names;
-use crate::server::{Mds, Unsafe};
+use crate::server::{created_ino, Mds, Unsafe};
 use cudele_journal::{AttrChanges, ChunkUpdate, Event, SessionId, Timestamp, ROOT_INO};
 use cudele_namespace::namespace::INODE_RANGE_LENGTH_MAX;
 use cudele_namespace::{Namespace, NsError, NsResult};
-use cudele_proto::auth::SESSION_HEADER;
+use cudele_proto::auth::{Credential, Role, SESSION_HEADER};
 use cudele_proto::convert::{
     attr_to_wire, chunk_from_wire, chunk_to_wire, kind_from_wire, kind_to_wire, rename_mode_from_wire, time_from_wire,
     xattr_mode_from_wire,
@@ -33,33 +33,78 @@ pub struct MdsService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// The session a request belongs to: 0 (no session) or a live one. A stale session id gets
-/// UNAUTHENTICATED so the client knows to open a new session.
-fn session_of<T>(mds: &Mds, request: &Request<T>) -> Result<SessionId, Status> {
-    let Some(value) = request.metadata().get(SESSION_HEADER) else { return Ok(0) };
-    let session: SessionId = value
-        .to_str()
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or_else(|| Status::invalid_argument("malformed cudele-session header"))?;
-    if session != 0 && !mds.sessions.is_live(session) {
-        return Err(Status::unauthenticated(format!("session {session} is not live (expired or unknown)")));
+/// Largest ordinary request, in bytes (every call but Merge and Replay): the largest
+/// legitimate one is a setxattr with a 64 KiB value or a set-layout of 4,096 chunks.
+pub const REQUEST_BYTES_MAX: usize = 1 << 20;
+/// Largest Merge or Replay request (the decode limit of the whole service): an inline
+/// client journal larger than this is merged in chunks (`cudele_client`'s router).
+pub const BULK_REQUEST_BYTES_MAX: usize = cudele_proto::MERGE_INLINE_BYTES_MAX + (1 << 20);
+/// Most entries one Status page lists.
+pub const STATUS_SESSIONS_MAX: usize = 1000;
+
+/// Who is calling: the role its token admits (set by the authentication interceptor) and
+/// its session, authenticated by the credential (0: the call named none).
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    role: Role,
+    session: SessionId,
+}
+
+fn caller<T>(mds: &Mds, request: &Request<T>) -> Result<Caller, Status> {
+    // The interceptor admits every call it lets through with a role; none means a service
+    // was wired without it, which must fail closed.
+    let role = *request.extensions().get::<Role>().ok_or_else(|| Status::unauthenticated("no credentials checked"))?;
+    let Some(value) = request.metadata().get(SESSION_HEADER) else { return Ok(Caller { role, session: 0 }) };
+    let credential = value.to_str().ok().and_then(|text| Credential::parse(text).ok()).ok_or_else(|| {
+        Status::unauthenticated("malformed cudele-session header: send the credential OpenSession returned")
+    })?;
+    if !mds.sessions.authenticate(&credential) {
+        return Err(Status::unauthenticated(format!(
+            "session {} is not live or the credential is wrong (open a new session)",
+            credential.session
+        )));
     }
-    Ok(session)
+    Ok(Caller { role, session: credential.session })
+}
+
+/// The caller's authenticated session; a call without one is refused. Ordinary calls are
+/// also bounded in size.
+fn session_of<T: prost::Message>(mds: &Mds, request: &Request<T>) -> Result<SessionId, Status> {
+    let length = request.get_ref().encoded_len();
+    if length > REQUEST_BYTES_MAX {
+        return Err(Status::out_of_range(format!("request of {length} bytes; the limit is {REQUEST_BYTES_MAX}")));
+    }
+    bulk_session_of(mds, request).map(|caller| caller.session)
+}
+
+/// [`session_of`] for Merge and Replay, bounded by the service's decode limit only.
+fn bulk_session_of<T>(mds: &Mds, request: &Request<T>) -> Result<Caller, Status> {
+    let caller = caller(mds, request)?;
+    if caller.session == 0 {
+        return Err(Status::unauthenticated(
+            "this call needs a session: send the cudele-session credential OpenSession returned",
+        ));
+    }
+    Ok(caller)
+}
+
+/// The caller's role, for calls that need a token but no session (their session header,
+/// if any, is not checked).
+fn caller_role_only<T>(request: &Request<T>) -> Result<Role, Status> {
+    request.extensions().get::<Role>().copied().ok_or_else(|| Status::unauthenticated("no credentials checked"))
+}
+
+/// Refuse a caller without the admin role.
+fn require_admin(role: Role, what: &str) -> Result<(), Status> {
+    if role < Role::Admin {
+        return Err(status_from_error(NsError::Refused(format!("{what} needs the admin token"))));
+    }
+    Ok(())
 }
 
 fn attr_reply(namespace: &Namespace, ino: u64) -> NsResult<pb::AttrReply> {
     let record = namespace.record(ino)?;
     Ok(pb::AttrReply { attr: Some(attr_to_wire(record)) })
-}
-
-fn created_ino(event: &Event) -> u64 {
-    match event {
-        Event::Create { ino, .. } | Event::Mkdir { ino, .. } | Event::Symlink { ino, .. } | Event::Link { ino, .. } => {
-            *ino
-        }
-        _ => ROOT_INO,
-    }
 }
 
 /// Count, time and map the result of one operation.
@@ -122,7 +167,6 @@ impl MdsService {
         early: bool,
         build: impl FnOnce(u64) -> NsResult<Event>,
     ) -> Reply<pb::AttrReply> {
-        let early = early && origin != 0;
         instrumented_early(&self.mds, operation, async {
             let (reply, unsafe_record) = self
                 .mds
@@ -142,11 +186,19 @@ impl MdsService {
 #[tonic::async_trait]
 impl mds_server::Mds for MdsService {
     async fn open_session(&self, request: Request<pb::OpenSessionRequest>) -> Reply<pb::OpenSessionReply> {
+        let role = caller(&self.mds, &request)?.role;
+        if prost::Message::encoded_len(request.get_ref()) > REQUEST_BYTES_MAX {
+            return Err(Status::out_of_range("OpenSession request too large"));
+        }
+        if role == Role::Replica {
+            return Err(status_from_error(NsError::Refused("a replica token opens no sessions".into())));
+        }
         let client = request.into_inner().client_name;
         instrumented(&self.mds, "open_session", async {
-            let session = self.mds.open_session(client).await?;
+            let credential = self.mds.open_session(client).await?;
             Ok(pb::OpenSessionReply {
-                session,
+                session: credential.session,
+                credential: credential.encode(),
                 lease_ms: self.mds.sessions.lease.as_millis() as u64,
                 object_store_url: self.mds.object_store_url.clone(),
             })
@@ -155,13 +207,15 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn heartbeat(&self, request: Request<pb::Empty>) -> Reply<pb::Empty> {
-        let session = request
+        caller_role_only(&request)?;
+        let credential = request
             .metadata()
             .get(SESSION_HEADER)
             .and_then(|value| value.to_str().ok())
-            .and_then(|text| text.parse::<SessionId>().ok())
-            .ok_or_else(|| Status::invalid_argument("heartbeat without a cudele-session header"))?;
-        if self.mds.resume_session(session) {
+            .and_then(|text| Credential::parse(text).ok())
+            .ok_or_else(|| Status::unauthenticated("heartbeat without a session credential"))?;
+        let session = credential.session;
+        if self.mds.resume_session(&credential) {
             // Tells an idle client of a restart (new incarnation): it replays what was lost.
             let mut response = Response::new(pb::Empty {});
             early::stamp(response.metadata_mut(), self.mds.incarnation, self.mds.journal.durable_seq());
@@ -184,9 +238,6 @@ impl mds_server::Mds for MdsService {
 
     async fn subscribe(&self, request: Request<pb::Empty>) -> Reply<Self::SubscribeStream> {
         let session = session_of(&self.mds, &request)?;
-        if session == 0 {
-            return Err(Status::invalid_argument("subscribe needs a session"));
-        }
         let receiver =
             self.mds.sessions.subscribe(session).ok_or_else(|| Status::unauthenticated("session is not live"))?;
         // The incarnation tells a mount whose stream broke whether we restarted, so it can
@@ -562,7 +613,7 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn replay(&self, request: Request<pb::ReplayRequest>) -> Reply<pb::ReplayReply> {
-        let origin = session_of(&self.mds, &request)?;
+        let origin = bulk_session_of(&self.mds, &request)?.session;
         let encoded = request.into_inner().records;
         instrumented(&self.mds, "replay", async {
             let records = encoded
@@ -621,8 +672,24 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn merge(&self, request: Request<pb::MergeRequest>) -> Reply<pb::MergeReply> {
-        let origin = session_of(&self.mds, &request)?;
+        let caller = bulk_session_of(&self.mds, &request)?;
+        let origin = caller.session;
         let request = request.into_inner();
+        if request.operator {
+            require_admin(caller.role, "an operator merge (cudele journal apply)")?;
+        }
+        if request.journal.len() > cudele_proto::MERGE_INLINE_BYTES_MAX {
+            return Err(Status::out_of_range(format!(
+                "an inline client journal of {} bytes; the limit is {} (send it in chunks)",
+                request.journal.len(),
+                cudele_proto::MERGE_INLINE_BYTES_MAX
+            )));
+        }
+        if !request.journal_object.is_empty() {
+            check_journal_object(&request.journal_object, request.ino, origin, caller.role)?;
+        }
+        // Bounded work at once: each merge holds its decoded journal in memory.
+        let _slot = self.mds.merge_slots.acquire().await.map_err(|_| Status::unavailable("shutting down"))?;
         instrumented(&self.mds, "merge", async {
             let started = Instant::now();
             let journal_bytes = request.journal.len();
@@ -655,15 +722,24 @@ impl mds_server::Mds for MdsService {
         .await
     }
 
-    async fn status(&self, _request: Request<pb::Empty>) -> Reply<pb::StatusReply> {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Reply<pb::StatusReply> {
+        caller_role_only(&request)?;
         let mds = &self.mds;
         let progress = &mds.progress;
+        let page = request.into_inner();
+        let limit = match page.sessions_limit as usize {
+            0 => STATUS_SESSIONS_MAX,
+            limit => limit.min(STATUS_SESSIONS_MAX),
+        };
+        let (sessions, sessions_total) = mds.sessions.view(page.sessions_after, limit);
+        let sessions_end = sessions.len() < limit
+            || sessions.last().is_none_or(|last| mds.sessions.view(last.session, 1).0.is_empty());
         Ok(Response::new(pb::StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: mds.started.elapsed().as_millis() as u64,
-            sessions: mds
-                .sessions
-                .view()
+            sessions_total: sessions_total as u64,
+            sessions_end,
+            sessions: sessions
                 .into_iter()
                 .map(|view| pb::SessionStatus {
                     session: view.session,
@@ -687,11 +763,12 @@ impl mds_server::Mds for MdsService {
     }
 
     async fn dump(&self, request: Request<pb::Empty>) -> Reply<pb::DumpReply> {
-        let origin = session_of(&self.mds, &request)?;
+        // The whole namespace, blocked subtrees included: an operator's view.
+        require_admin(caller(&self.mds, &request)?.role, "Dump")?;
         instrumented(
             &self.mds,
             "dump",
-            self.mds.read(origin, ROOT_INO, |namespace| {
+            self.mds.read(0, ROOT_INO, |namespace| {
                 Ok(pb::DumpReply {
                     dump: namespace.dump(),
                     invariant_violation: namespace.check_invariants().err().unwrap_or_default(),
@@ -699,6 +776,25 @@ impl mds_server::Mds for MdsService {
             }),
         )
         .await
+    }
+}
+
+/// A client journal named in a Merge: the caller's own one of this subtree, or (admin) any
+/// under the client-journal prefix — never the MDS's journal or snapshots.
+fn check_journal_object(name: &str, ino: u64, origin: SessionId, role: Role) -> Result<(), Status> {
+    let own = cudele_journal::store::client_journal_object(ino, origin);
+    let allowed = if role == Role::Admin {
+        name.starts_with(cudele_journal::store::CLIENT_JOURNAL_PREFIX)
+            && !name.split('/').any(|part| part == ".." || part == "." || part.is_empty())
+    } else {
+        name == own
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(status_from_error(NsError::Refused(format!(
+            "journal object {name:?}: a client may merge only its own client journal ({own})"
+        ))))
     }
 }
 

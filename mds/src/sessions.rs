@@ -3,6 +3,7 @@
 
 use crate::metrics_names;
 use cudele_journal::{Ino, SessionId};
+use cudele_proto::auth::Credential;
 use cudele_proto::pb;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,13 +14,18 @@ use tokio::sync::{mpsc, oneshot};
 /// Invalidation batches queued per subscriber before it counts as unresponsive.
 pub const SUBSCRIBER_QUEUE_LENGTH_MAX: usize = 1024;
 /// Inodes tracked per session as possibly cached there; past this the session gets every
-/// invalidation again (as if it cached everything).
-pub const INTEREST_INODES_MAX: usize = 1 << 22;
+/// invalidation again (as if it cached everything). About 16 MiB per session at most.
+pub const INTEREST_INODES_MAX: usize = 1 << 20;
+/// Live sessions at once; OpenSession past it fails with ENOSPC (RESOURCE_EXHAUSTED).
+pub const SESSIONS_MAX: usize = 4096;
 
 pub type InvalidationSender = mpsc::Sender<Result<pb::Invalidation, tonic::Status>>;
 
 struct LiveSession {
     client: String,
+    /// SHA-256 of the session's secret; None for a session from before credentials, which
+    /// no call can authenticate as.
+    verifier: Option<[u8; 32]>,
     lease_expires: Instant,
     subscriber: Option<InvalidationSender>,
     waiting_acks: HashMap<u64, oneshot::Sender<()>>,
@@ -78,12 +84,13 @@ impl Sessions {
     }
 
     /// Start (or, after an MDS restart, resume) a session's lease.
-    pub fn activate(&self, session: SessionId, client: String) {
+    pub fn activate(&self, session: SessionId, client: String, verifier: Option<[u8; 32]>) {
         let lease_expires = Instant::now() + self.lease;
         self.lock().insert(
             session,
             LiveSession {
                 client,
+                verifier,
                 lease_expires,
                 subscriber: None,
                 waiting_acks: HashMap::new(),
@@ -106,6 +113,19 @@ impl Sessions {
 
     pub fn is_live(&self, session: SessionId) -> bool {
         self.lock().contains_key(&session)
+    }
+
+    /// Whether `credential` is that of a live session (its secret matches the verifier).
+    pub fn authenticate(&self, credential: &Credential) -> bool {
+        self.lock()
+            .get(&credential.session)
+            .and_then(|live| live.verifier.as_ref())
+            .is_some_and(|verifier| credential.verifies(verifier))
+    }
+
+    /// Live sessions now.
+    pub fn count(&self) -> usize {
+        self.lock().len()
     }
 
     pub fn remove(&self, session: SessionId) -> bool {
@@ -159,19 +179,24 @@ impl Sessions {
         }
     }
 
-    pub fn view(&self) -> Vec<SessionView> {
+    /// Up to `limit` sessions with ids above `after`, by id, and how many are live in all.
+    pub fn view(&self, after: SessionId, limit: usize) -> (Vec<SessionView>, usize) {
         let now = Instant::now();
-        let mut views: Vec<SessionView> = self
-            .lock()
+        let live = self.lock();
+        let total = live.len();
+        let mut views: Vec<SessionView> = live
             .iter()
+            .filter(|(session, _)| **session > after)
             .map(|(session, live)| SessionView {
                 session: *session,
                 client: live.client.clone(),
                 lease_remaining: live.lease_expires.saturating_duration_since(now),
             })
             .collect();
+        drop(live);
         views.sort_by_key(|view| view.session);
-        views
+        views.truncate(limit);
+        (views, total)
     }
 
     /// Tell every subscribed session but `origin` to drop `inodes` and `entries` — those it

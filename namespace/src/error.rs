@@ -30,6 +30,10 @@ pub enum NsError {
     TooBig,
     #[error("operation not permitted")]
     NotPermitted,
+    /// A request the caller is not allowed to make (a trust rule of docs/SECURITY.md), with
+    /// what was refused and why, e.g. the first offending event of a merge.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("permission denied")]
     AccessDenied,
     #[error("device or resource busy: {0}")]
@@ -62,6 +66,8 @@ impl NsError {
             NsError::Range => libc::ERANGE,
             NsError::TooBig => libc::E2BIG,
             NsError::NotPermitted => libc::EPERM,
+            // EPERM, not EACCES: no change of file modes would make it allowed.
+            NsError::Refused(_) => libc::EPERM,
             NsError::AccessDenied => libc::EACCES,
             NsError::Busy(_) => libc::EBUSY,
             NsError::NoSpace(_) => libc::ENOSPC,

@@ -117,11 +117,48 @@ pub struct DirEntry {
     pub kind: FileKind,
 }
 
-/// A client session as the namespace remembers it (so ids are never reused and decoupled
-/// subtrees keep their owner across MDS restarts).
+/// A client session as the namespace remembers it (so ids are never reused, decoupled
+/// subtrees keep their owner across MDS restarts, and a restarted MDS knows who may resume
+/// the session and which inode numbers it may replay or merge).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub session: SessionId,
     pub client: Vec<u8>,
     pub opened: Timestamp,
+    /// SHA-256 of the session's secret (`cudele_proto::auth`); None for a session opened
+    /// before credentials existed, which nobody can resume.
+    pub verifier: Option<[u8; 32]>,
+    /// The inode numbers the MDS handed to this session (AllocateInodes with it as owner:
+    /// early-reply blocks and the ranges a decoupled subtree asked for), sorted, adjacent
+    /// ranges joined, at most `SESSION_RANGES_MAX` (the oldest go first).
+    pub ranges: Vec<InodeRange>,
+}
+
+impl SessionRecord {
+    /// Whether `ino` lies in a range handed to this session.
+    pub fn owns_ino(&self, ino: Ino) -> bool {
+        let index = self.ranges.partition_point(|range| range.end <= ino);
+        self.ranges.get(index).is_some_and(|range| range.contains(ino))
+    }
+}
+
+/// A session record as stored before sessions carried a verifier and ranges (decoded, never
+/// written).
+#[derive(Debug, Clone, PartialEq, Eq, Decode)]
+pub(crate) struct SessionRecordWithoutCredential {
+    pub session: SessionId,
+    pub client: Vec<u8>,
+    pub opened: Timestamp,
+}
+
+impl From<SessionRecordWithoutCredential> for SessionRecord {
+    fn from(old: SessionRecordWithoutCredential) -> Self {
+        SessionRecord {
+            session: old.session,
+            client: old.client,
+            opened: old.opened,
+            verifier: None,
+            ranges: Vec::new(),
+        }
+    }
 }

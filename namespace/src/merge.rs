@@ -54,7 +54,9 @@ impl Namespace {
         self.record(directory).is_ok_and(|record| record.is_directory()) && self.is_ancestor_of(subtree, directory)
     }
 
-    fn inode_inside(&self, subtree: Ino, ino: Ino) -> bool {
+    /// Whether `ino` exists inside the subtree at `subtree` (a directory in it, or a file
+    /// whose parent is).
+    pub fn inode_inside(&self, subtree: Ino, ino: Ino) -> bool {
         match self.record(ino) {
             Ok(record) if record.is_directory() => self.is_ancestor_of(subtree, ino),
             Ok(record) => self.is_ancestor_of(subtree, record.parent),
@@ -152,6 +154,7 @@ impl Namespace {
             | Event::SetPolicy { .. }
             | Event::AllocateInodes { .. }
             | Event::SessionOpen { .. }
+            | Event::SessionOpenVerified { .. }
             | Event::SessionClose { .. }
             | Event::Merged { .. } => return Err("a client journal may not hold this kind of event"),
         }

@@ -20,6 +20,17 @@ pub const XATTR_NAME_LENGTH_MAX_BYTES: usize = 255;
 pub const LINK_COUNT_MAX: u32 = 65_000;
 /// Largest inode range one allocation may hand out.
 pub const INODE_RANGE_LENGTH_MAX: u64 = 1 << 32;
+/// Inode numbers stay below this (exclusive): the allocator can never wrap, whatever
+/// number a client names, and `next_ino + 1` never overflows.
+pub const INODE_NUMBER_LIMIT: Ino = 1 << 62;
+/// Ranges a session record keeps (adjacent ones are joined; the oldest go first).
+pub const SESSION_RANGES_MAX: usize = 1 << 16;
+/// Bytes of xattr names and values one inode may hold (ENOSPC past it, as ext4 when its
+/// xattr block is full): bounds the inode record, re-encoded whole by every change.
+pub const XATTR_BYTES_PER_INODE_MAX: usize = 256 * 1024;
+/// Published chunks one file may have (EFBIG past it): bounds the inode record (about 24
+/// bytes a chunk) far below the metadata store's frame limit.
+pub const CHUNKS_PER_INODE_MAX: usize = 1 << 20;
 
 const S_ISUID: u32 = 0o4000;
 const S_ISGID: u32 = 0o2000;
@@ -72,6 +83,8 @@ pub struct Namespace {
     next_ino: Ino,
     /// Session ids are never reused: a stale client must not pass for a new one.
     next_session: SessionId,
+    /// Directories decoupled now (an index of the `decoupling` fields).
+    decoupled: BTreeSet<Ino>,
 }
 
 /// Check a directory entry name the way Linux path resolution would.
@@ -127,18 +140,32 @@ impl Namespace {
         };
         let mut inodes = HashMap::new();
         inodes.insert(ROOT_INO, Inode { record: root, children: Some(BTreeMap::new()) });
-        Namespace { inodes, sessions: BTreeMap::new(), next_ino: ROOT_INO + 1, next_session: 1 }
+        Namespace {
+            inodes,
+            sessions: BTreeMap::new(),
+            next_ino: ROOT_INO + 1,
+            next_session: 1,
+            decoupled: BTreeSet::new(),
+        }
     }
 
     /// Rebuild a namespace from the key/value pairs of a store or snapshot (any order).
     pub fn from_store_values(values: impl IntoIterator<Item = StoreValue>) -> Result<Self, String> {
-        let mut namespace =
-            Namespace { inodes: HashMap::new(), sessions: BTreeMap::new(), next_ino: ROOT_INO + 1, next_session: 1 };
+        let mut namespace = Namespace {
+            inodes: HashMap::new(),
+            sessions: BTreeMap::new(),
+            next_ino: ROOT_INO + 1,
+            next_session: 1,
+            decoupled: BTreeSet::new(),
+        };
         let mut dentries = Vec::new();
         for value in values {
             match value {
                 StoreValue::Inode(record) => {
                     let children = record.is_directory().then(BTreeMap::new);
+                    if record.decoupling.is_some() {
+                        namespace.decoupled.insert(record.attr.ino);
+                    }
                     namespace.inodes.insert(record.attr.ino, Inode { record: *record, children });
                 }
                 StoreValue::Dentry { parent, name, ino } => dentries.push((parent, name, ino)),
@@ -294,8 +321,7 @@ impl Namespace {
         self.inodes
             .values()
             .filter(|inode| inode.record.attr.kind == FileKind::Regular)
-            .map(|inode| inode.record.attr.size)
-            .sum()
+            .fold(0u64, |total, inode| total.saturating_add(inode.record.attr.size))
     }
 
     pub fn next_ino(&self) -> Ino {
@@ -325,6 +351,11 @@ impl Namespace {
             current = record.parent;
         }
         None
+    }
+
+    /// Every decoupled directory and its decoupling.
+    pub fn decoupled_roots(&self) -> impl Iterator<Item = (Ino, &Decoupling)> + '_ {
+        self.decoupled.iter().filter_map(|ino| Some((*ino, self.inodes.get(ino)?.record.decoupling.as_ref()?)))
     }
 
     /// The nearest policies.yml governing directory `ino` (itself included).
@@ -507,9 +538,11 @@ impl Namespace {
                     let _ = holder;
                     return Err(NsError::Busy("already inside a decoupled subtree"));
                 }
+                // Reserve first: a range it refuses leaves nothing changed.
+                self.reserve_range(*range, &mut touched)?;
                 self.inode_mut(*ino).record.decoupling =
                     Some(Decoupling { owner: *owner, range: *range, policy: policy.clone(), merged_seq: 0 });
-                self.reserve_range(*range, &mut touched)?;
+                self.decoupled.insert(*ino);
                 touched.inodes.insert(*ino);
             }
             Event::Recouple { ino } => {
@@ -517,6 +550,7 @@ impl Namespace {
                     return Err(NsError::InvalidArgument("the directory is not decoupled"));
                 }
                 self.inode_mut(*ino).record.decoupling = None;
+                self.decoupled.remove(ino);
                 touched.inodes.insert(*ino);
             }
             Event::SetPolicy { ino, policy } => {
@@ -526,16 +560,18 @@ impl Namespace {
                 self.inode_mut(*ino).record.policy = policy.clone();
                 touched.inodes.insert(*ino);
             }
-            Event::AllocateInodes { owner: _, range } => self.reserve_range(*range, &mut touched)?,
-            Event::SessionOpen { session, client, time } => {
-                if self.sessions.contains_key(session) || *session < self.next_session {
-                    return Err(NsError::InvalidArgument("session id already used"));
+            Event::AllocateInodes { owner, range } => {
+                self.reserve_range(*range, &mut touched)?;
+                if let Some(session) = self.sessions.get_mut(owner) {
+                    add_range(&mut session.ranges, *range);
+                    touched.sessions.insert(*owner);
                 }
-                self.next_session = session + 1;
-                touched.allocator = true;
-                self.sessions
-                    .insert(*session, SessionRecord { session: *session, client: client.clone(), opened: *time });
-                touched.sessions.insert(*session);
+            }
+            Event::SessionOpen { session, client, time } => {
+                self.open_session(*session, client, *time, None, &mut touched)?;
+            }
+            Event::SessionOpenVerified { session, client, time, verifier } => {
+                self.open_session(*session, client, *time, Some(*verifier), &mut touched)?;
             }
             Event::Merged { ino, owner, through_seq } => {
                 let decoupling = self
@@ -564,6 +600,58 @@ impl Namespace {
         Ok(touched)
     }
 
+    fn open_session(
+        &mut self,
+        session: SessionId,
+        client: &[u8],
+        opened: Timestamp,
+        verifier: Option<[u8; 32]>,
+        touched: &mut Touched,
+    ) -> NsResult<()> {
+        if self.sessions.contains_key(&session) || session < self.next_session || session == SessionId::MAX {
+            return Err(NsError::InvalidArgument("session id already used"));
+        }
+        self.next_session = session + 1;
+        touched.allocator = true;
+        let record = SessionRecord { session, client: client.to_vec(), opened, verifier, ranges: Vec::new() };
+        self.sessions.insert(session, record);
+        touched.sessions.insert(session);
+        Ok(())
+    }
+
+    /// The session's record, if it is open.
+    pub fn session(&self, session: SessionId) -> Option<&SessionRecord> {
+        self.sessions.get(&session)
+    }
+
+    /// Check the limits a client's change must keep that depend on the current state — an
+    /// inode's xattr total and chunk count — before it is applied and journaled. Not part of
+    /// `apply`: journals written before these limits existed must still replay.
+    pub fn check_limits(&self, event: &Event) -> NsResult<()> {
+        match event {
+            Event::SetXattr { ino, name, value, .. } => {
+                let xattrs = &self.record(*ino)?.xattrs;
+                let others: usize = xattrs
+                    .iter()
+                    .filter(|(existing, _)| existing.as_slice() != name.as_slice())
+                    .map(|(existing, existing_value)| existing.len() + existing_value.len())
+                    .sum();
+                if others + name.len() + value.len() > XATTR_BYTES_PER_INODE_MAX {
+                    return Err(NsError::NoSpace("the inode's extended attributes are full"));
+                }
+            }
+            Event::SetLayout { ino, chunks, .. } => {
+                let published = &self.record(*ino)?.chunks;
+                let added = chunks.iter().filter(|update| !published.contains_key(&update.index)).count();
+                if published.len() + added > CHUNKS_PER_INODE_MAX {
+                    return Err(NsError::TooBig);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Hand out `length` fresh inode numbers (the caller journals an AllocateInodes event).
     pub fn peek_range(&self, length: u64) -> InodeRange {
         InodeRange { start: self.next_ino, end: self.next_ino.saturating_add(length) }
@@ -575,6 +663,9 @@ impl Namespace {
         }
         if range.start < self.next_ino {
             return Err(NsError::InvalidArgument("inode range overlaps allocated inodes"));
+        }
+        if range.end > INODE_NUMBER_LIMIT {
+            return Err(NsError::NoSpace("inode numbers exhausted"));
         }
         self.next_ino = range.end;
         touched.allocator = true;
@@ -604,6 +695,11 @@ impl Namespace {
         self.check_free_name(parent, name)?;
         if ino <= ROOT_INO || self.inodes.contains_key(&ino) {
             return Err(NsError::InvalidArgument("inode number already in use"));
+        }
+        // A new inode takes the next number or one handed out before (a range): never one
+        // beyond, so the allocator only moves by allocation and cannot wrap.
+        if ino > self.next_ino || ino >= INODE_NUMBER_LIMIT {
+            return Err(NsError::InvalidArgument("inode number was never allocated"));
         }
         Ok(())
     }
@@ -978,6 +1074,21 @@ fn validate_xattr_name(name: &[u8]) -> NsResult<()> {
         return Err(NsError::InvalidArgument("NUL in an xattr name"));
     }
     Ok(())
+}
+
+/// Add `range` to a session's sorted ranges, joining it with an adjacent one; past
+/// [`SESSION_RANGES_MAX`] the oldest (lowest) range is dropped.
+fn add_range(ranges: &mut Vec<InodeRange>, range: InodeRange) {
+    match ranges.last_mut() {
+        Some(last) if last.end == range.start => last.end = range.end,
+        _ => {
+            let index = ranges.partition_point(|existing| existing.start < range.start);
+            ranges.insert(index, range);
+        }
+    }
+    if ranges.len() > SESSION_RANGES_MAX {
+        ranges.remove(0);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -3,7 +3,7 @@
 //! Keys sort by kind, then inode number (big endian), then name, so a directory's entries are
 //! contiguous. Values are bincode (standard config) of the record types.
 
-use crate::inode::{InodeRecord, InodeRecordWithoutChunks, SessionRecord};
+use crate::inode::{InodeRecord, InodeRecordWithoutChunks, SessionRecord, SessionRecordWithoutCredential};
 use cudele_journal::{Ino, SessionId};
 
 const KEY_TAG_INODE: u8 = b'i';
@@ -105,7 +105,12 @@ pub fn decode_entry(key: &[u8], value: &[u8]) -> Result<StoreValue, String> {
             Err(error) => decode::<InodeRecordWithoutChunks>(value).map(InodeRecord::from).map_err(|_| error)?,
         })),
         StoreKey::Dentry(parent, name) => StoreValue::Dentry { parent, name, ino: decode(value)? },
-        StoreKey::Session(_) => StoreValue::Session(decode(value)?),
+        StoreKey::Session(_) => StoreValue::Session(match decode::<SessionRecord>(value) {
+            Ok(record) => record,
+            Err(error) => {
+                decode::<SessionRecordWithoutCredential>(value).map(SessionRecord::from).map_err(|_| error)?
+            }
+        }),
         StoreKey::Allocator => {
             let (next_ino, next_session): (Ino, SessionId) = decode(value)?;
             StoreValue::Allocator(next_ino, next_session)

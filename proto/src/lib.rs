@@ -31,3 +31,8 @@ pub use status::{error_from_status, status_from_error};
 /// 50 bytes per create, so 100,000 creates are ~5 MB, over tonic's 4 MiB default) and a
 /// decouple reply a whole subtree snapshot.
 pub const MESSAGE_BYTES_MAX: usize = 512 << 20;
+
+/// Largest client journal a Merge carries inline; a longer one is sent in chunks of whole
+/// records, each merged atomically (merges are positioned, so chunks land in order once).
+/// Bounds what one Merge costs the MDS (it decodes the message, then the journal).
+pub const MERGE_INLINE_BYTES_MAX: usize = 32 << 20;

@@ -12,7 +12,7 @@ pub fn status_from_error(error: NsError) -> Status {
     let code = match &error {
         NsError::NotFound | NsError::NoData | NsError::Stale => Code::NotFound,
         NsError::Exists => Code::AlreadyExists,
-        NsError::NotPermitted | NsError::AccessDenied => Code::PermissionDenied,
+        NsError::NotPermitted | NsError::AccessDenied | NsError::Refused(_) => Code::PermissionDenied,
         NsError::Busy(_) => Code::Unavailable,
         NsError::NoSpace(_) => Code::ResourceExhausted,
         NsError::NotSupported => Code::Unimplemented,

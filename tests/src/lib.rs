@@ -192,11 +192,12 @@ impl Drop for MdsProcess {
     }
 }
 
-/// Adds the token and session headers to every request.
+/// Adds the token and session headers to every request. `session` is the header value
+/// sent as is: the credential OpenSession returned (or, in hostile tests, a forged one).
 #[derive(Clone, Default)]
 pub struct Headers {
     pub token: Option<String>,
-    pub session: Option<u64>,
+    pub session: Option<String>,
 }
 
 impl tonic::service::Interceptor for Headers {
@@ -205,8 +206,9 @@ impl tonic::service::Interceptor for Headers {
             let value = format!("Bearer {token}").parse().map_err(|_| tonic::Status::internal("token"))?;
             request.metadata_mut().insert(AUTHORIZATION_HEADER, value);
         }
-        if let Some(session) = self.session {
-            request.metadata_mut().insert(SESSION_HEADER, session.to_string().parse().expect("digits"));
+        if let Some(session) = &self.session {
+            let value = session.parse().map_err(|_| tonic::Status::internal("session header value"))?;
+            request.metadata_mut().insert(SESSION_HEADER, value);
         }
         Ok(request)
     }
@@ -226,13 +228,23 @@ pub async fn connect(address: SocketAddr, headers: Headers) -> Result<ApiClient>
         .max_encoding_message_size(cudele_proto::MESSAGE_BYTES_MAX))
 }
 
-/// Connect and open a session; returns the client carrying that session.
+/// Connect and open a session; returns the client carrying that session and its id.
 pub async fn connect_session(address: SocketAddr, token: Option<String>, name: &str) -> Result<(ApiClient, u64)> {
+    let (client, session, _) = connect_session_with_credential(address, token, name).await?;
+    Ok((client, session))
+}
+
+/// [`connect_session`], also returning the session's credential (the header value).
+pub async fn connect_session_with_credential(
+    address: SocketAddr,
+    token: Option<String>,
+    name: &str,
+) -> Result<(ApiClient, u64, String)> {
     let mut client = connect(address, Headers { token: token.clone(), session: None }).await?;
     let reply =
         client.open_session(cudele_proto::pb::OpenSessionRequest { client_name: name.to_string() }).await?.into_inner();
-    let client = connect(address, Headers { token, session: Some(reply.session) }).await?;
-    Ok((client, reply.session))
+    let client = connect(address, Headers { token, session: Some(reply.credential.clone()) }).await?;
+    Ok((client, reply.session, reply.credential))
 }
 
 /// The errno a failed call carried (EIO if none).
@@ -331,6 +343,8 @@ use cudele_proto::pb;
 pub struct Api {
     pub client: ApiClient,
     pub session: u64,
+    /// The session's credential (`cudele-session` header value).
+    pub credential: String,
 }
 
 type Call<T> = std::result::Result<T, tonic::Status>;
@@ -342,8 +356,8 @@ fn attr_of(reply: tonic::Response<pb::AttrReply>) -> Call<pb::Attr> {
 impl Api {
     /// Connect and open a session named `name`.
     pub async fn open(address: SocketAddr, token: Option<String>, name: &str) -> Result<Api> {
-        let (client, session) = connect_session(address, token, name).await?;
-        Ok(Api { client, session })
+        let (client, session, credential) = connect_session_with_credential(address, token, name).await?;
+        Ok(Api { client, session, credential })
     }
 
     pub async fn lookup(&mut self, parent: u64, name: impl AsRef<[u8]>) -> Call<pb::Attr> {
@@ -479,7 +493,7 @@ impl Api {
     }
 
     pub async fn status(&mut self) -> Call<pb::StatusReply> {
-        Ok(self.client.status(pb::Empty {}).await?.into_inner())
+        Ok(self.client.status(pb::StatusRequest::default()).await?.into_inner())
     }
 
     pub async fn dump(&mut self) -> Call<pb::DumpReply> {

@@ -924,7 +924,7 @@ async fn token_file_gates_every_client() {
     let mut anonymous = connect(mds.address, Headers::default()).await.unwrap();
     assert_unauthenticated(anonymous.open_session(open.clone()).await);
     assert_unauthenticated(anonymous.get_attr(pb::InoRequest { ino: ROOT }).await);
-    assert_unauthenticated(anonymous.status(pb::Empty {}).await);
+    assert_unauthenticated(anonymous.status(pb::StatusRequest::default()).await);
 
     let wrong = Headers { token: Some("s3cret-tokem".into()), session: None };
     let mut impostor = connect(mds.address, wrong).await.unwrap();
@@ -935,10 +935,12 @@ async fn token_file_gates_every_client() {
 
     let mut api = Api::open(mds.address, Some("s3cret-token".into()), "trusted").await.unwrap();
     api.create(ROOT, "f", 0o644).await.unwrap();
-    // A valid session id does not stand in for the token.
-    let stolen = Headers { token: None, session: Some(api.session) };
+    // A valid session credential does not stand in for the token.
+    let stolen = Headers { token: None, session: Some(api.credential.clone()) };
     assert_unauthenticated(connect(mds.address, stolen).await.unwrap().get_attr(pb::InoRequest { ino: ROOT }).await);
-    api.checked_dump().await;
+    // Dump is an operator's view: the client token does not admit it.
+    assert_eq!(api.dump().await.expect_err("dump needs the admin token").code(), tonic::Code::PermissionDenied);
+    api.lookup(ROOT, "f").await.unwrap();
 }
 
 /// Sessions open, heartbeat and close; a closed or unknown session is UNAUTHENTICATED.
@@ -963,7 +965,7 @@ async fn sessions_open_heartbeat_and_close() {
     assert!(status.sessions.iter().all(|session| session.session != second.session), "{status:?}");
     first.create(ROOT, "still-fine", 0o644).await.unwrap();
 
-    let unknown = Headers { token: None, session: Some(987_654) };
+    let unknown = Headers { token: None, session: Some("987654.00112233445566778899aabbccddeeff".into()) };
     let mut stranger = connect(server.mds.address, unknown).await.unwrap();
     assert_unauthenticated(stranger.heartbeat(pb::Empty {}).await);
     assert_unauthenticated(
@@ -1008,7 +1010,7 @@ async fn a_silent_session_expires() {
     let expired = wait_until(PATIENCE, || {
         let mut observer = observer.clone();
         async move {
-            let status = observer.status(pb::Empty {}).await.unwrap().into_inner();
+            let status = observer.status(pb::StatusRequest::default()).await.unwrap().into_inner();
             status.sessions.iter().all(|live| live.session != session)
         }
     })

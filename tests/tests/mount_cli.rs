@@ -272,7 +272,8 @@ impl Observer {
 
     /// Live sessions: (session id, client name).
     fn sessions(&mut self) -> Vec<(u64, String)> {
-        let status = self.runtime.block_on(self.client.status(pb::Empty {})).expect("Status").into_inner();
+        let status =
+            self.runtime.block_on(self.client.status(pb::StatusRequest::default())).expect("Status").into_inner();
         status.sessions.into_iter().map(|session| (session.session, session.client_name)).collect()
     }
 

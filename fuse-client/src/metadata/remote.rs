@@ -21,9 +21,10 @@ use super::unsafe_log::UnsafeLog;
 use super::{FsStats, InodeAttr, LayoutUpdate, Metadata, Owner, Published, ReaddirPage, SetAttrChanges, TimeChange};
 use crate::error::ClientError;
 use crate::runtime::Blocking;
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, Mutex, Ordering};
 use cudele_journal::{FileKind, Ino, RenameMode, SessionId, XattrMode};
 use cudele_namespace::{DirEntry, NsError, NsResult};
+use cudele_proto::auth::SessionSlot;
 use cudele_proto::convert::xattr_mode_to_wire;
 use cudele_proto::convert::{
     attr_from_wire, chunk_from_wire, chunk_to_wire, kind_from_wire, kind_to_wire, rename_mode_to_wire, time_to_wire,
@@ -92,8 +93,8 @@ struct SessionInfo {
 struct Shared {
     options: RemoteOptions,
     client: MdsConnection,
-    /// The session id the interceptor sends (0: none).
-    session: Arc<AtomicU64>,
+    /// The session credential the interceptor sends (id 0: none).
+    session: Arc<SessionSlot>,
     info: Mutex<SessionInfo>,
     cache: MetadataCache,
     /// Serialises session reopening across threads.
@@ -144,7 +145,7 @@ impl RemoteMetadata {
     /// heartbeat tasks on `runtime`. Fails if the MDS cannot be reached within
     /// `options.outage_timeout` or refuses the token.
     pub fn connect(options: RemoteOptions, runtime: Blocking) -> Result<RemoteMetadata, ClientError> {
-        let session = Arc::new(AtomicU64::new(0));
+        let session = Arc::new(SessionSlot::default());
         let headers = Headers::new(options.token.as_deref(), session.clone())?.with_early_reply(options.early_replies);
         let channel = {
             let _entered = runtime.handle().enter();
@@ -240,7 +241,7 @@ impl RemoteMetadata {
     }
 
     pub fn session(&self) -> SessionId {
-        self.shared.session.load(Ordering::Acquire)
+        self.shared.session.id()
     }
 
     /// Decouple directory `ino` for this session (see `crate::subtree`).
@@ -391,7 +392,7 @@ where
     let mut reopens = 0;
     let mut replayed = false;
     loop {
-        let session_seen = shared.session.load(Ordering::Acquire);
+        let session_seen = shared.session.id();
         let client = thread_runtime::active_connection(owner(shared)).unwrap_or_else(|| shared.client.clone());
         let status = match tokio::time::timeout(shared.options.rpc_timeout, send(client)).await {
             Ok(Ok(response)) => {
@@ -481,7 +482,7 @@ async fn observe_progress(shared: &Shared, metadata: &tonic::metadata::MetadataM
 async fn open_session(shared: &Shared) -> NsResult<()> {
     let deadline = Instant::now() + shared.options.outage_timeout;
     let mut backoff = Duration::from_millis(BACKOFF_INITIAL_MS);
-    shared.session.store(0, Ordering::Release);
+    shared.session.clear();
     loop {
         let request = pb::OpenSessionRequest { client_name: shared.options.client_name.clone() };
         let mut client = shared.client.clone();
@@ -493,7 +494,9 @@ async fn open_session(shared: &Shared) -> NsResult<()> {
                     lease: Duration::from_millis(reply.lease_ms.max(1)),
                     object_store_url: reply.object_store_url,
                 };
-                shared.session.store(reply.session, Ordering::Release);
+                if shared.session.set(&reply.credential).is_err() {
+                    return Err(NsError::Io("the MDS sent no valid session credential".into()));
+                }
                 tracing::info!(session = reply.session, lease_ms = reply.lease_ms, "MDS session open");
                 return Ok(());
             }
@@ -521,7 +524,7 @@ async fn open_session(shared: &Shared) -> NsResult<()> {
 /// wait here and then find the session already replaced.
 async fn reopen_session(shared: &Shared, seen: SessionId) -> NsResult<()> {
     let _reopening = shared.reopen.lock().await;
-    if shared.session.load(Ordering::Acquire) != seen || shared.closed.load(Ordering::Acquire) {
+    if shared.session.id() != seen || shared.closed.load(Ordering::Acquire) {
         return Ok(());
     }
     if seen != 0 {
@@ -547,7 +550,7 @@ async fn run_subscriber(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         if *shutdown.borrow() {
             return;
         }
-        let session_seen = shared.session.load(Ordering::Acquire);
+        let session_seen = shared.session.id();
         let mut client = shared.client.clone();
         let subscribed = tokio::select! {
             _ = shutdown.changed() => return,
@@ -625,7 +628,7 @@ async fn run_heartbeat(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(period) => {}
         }
-        let session_seen = shared.session.load(Ordering::Acquire);
+        let session_seen = shared.session.id();
         let mut client = shared.client.clone();
         let beat = tokio::time::timeout(shared.options.rpc_timeout, client.heartbeat(pb::Empty {}));
         match beat.await {

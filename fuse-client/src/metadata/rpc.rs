@@ -3,9 +3,9 @@
 //! domain error, a lost session, or a transport failure worth retrying.
 
 use crate::error::ClientError;
-use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::sync::Arc;
 use cudele_namespace::NsError;
-use cudele_proto::auth::{AUTHORIZATION_HEADER, SESSION_HEADER};
+use cudele_proto::auth::{SessionSlot, AUTHORIZATION_HEADER, SESSION_HEADER};
 use cudele_proto::pb::mds_client::MdsClient;
 use cudele_proto::status::ERRNO_METADATA_KEY;
 use std::time::Duration;
@@ -24,18 +24,19 @@ pub const KEEPALIVE_TIMEOUT_MS: u64 = 3_000;
 /// A client of the MDS carrying the token and the current session on every request.
 pub type MdsConnection = MdsClient<InterceptedService<Channel, Headers>>;
 
-/// Adds `authorization: Bearer <token>` and `cudele-session: <id>` (when a session is open).
+/// Adds `authorization: Bearer <token>` and `cudele-session: <credential>` (when a session
+/// is open).
 #[derive(Clone)]
 pub struct Headers {
     authorization: Option<AsciiMetadataValue>,
-    /// 0 until OpenSession; shared so a reopened session applies to every clone.
-    session: Arc<AtomicU64>,
+    /// Empty until OpenSession; shared so a reopened session applies to every clone.
+    session: Arc<SessionSlot>,
     /// Ask for early replies (we keep unsafe records and replay them; see `unsafe_log`).
     early_reply: bool,
 }
 
 impl Headers {
-    pub fn new(token: Option<&str>, session: Arc<AtomicU64>) -> Result<Headers, ClientError> {
+    pub fn new(token: Option<&str>, session: Arc<SessionSlot>) -> Result<Headers, ClientError> {
         let authorization = match token {
             Some(token) => {
                 Some(MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| ClientError::MountOption {
@@ -60,9 +61,8 @@ impl tonic::service::Interceptor for Headers {
         if let Some(authorization) = &self.authorization {
             request.metadata_mut().insert(AUTHORIZATION_HEADER, authorization.clone());
         }
-        let session = self.session.load(Ordering::Acquire);
-        if session != 0 {
-            request.metadata_mut().insert(SESSION_HEADER, AsciiMetadataValue::from(session));
+        if let Some(credential) = self.session.header() {
+            request.metadata_mut().insert(SESSION_HEADER, credential);
         }
         if self.early_reply {
             request.metadata_mut().insert(cudele_proto::early::EARLY_REPLY_HEADER, AsciiMetadataValue::from(1u64));

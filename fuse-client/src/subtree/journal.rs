@@ -7,14 +7,7 @@ use cudele_journal::{Event, Ino, Record, Seq};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Object-store prefix of globally persisted client journals.
-pub const CLIENT_JOURNAL_PREFIX: &str = "client-journals/";
-
-/// Where a subtree's client journal lives in the object store: one object per subtree and
-/// session, replaced at each persist (it always holds every unmerged event).
-pub fn client_journal_object(subtree: Ino, session: u64) -> String {
-    format!("{CLIENT_JOURNAL_PREFIX}{subtree:016x}/{session:016x}.seg")
-}
+pub use cudele_journal::store::{client_journal_object, CLIENT_JOURNAL_PREFIX};
 
 /// The local file holding a subtree's client journal under `directory`.
 pub fn client_journal_file(directory: &Path, subtree: Ino) -> PathBuf {

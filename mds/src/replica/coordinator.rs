@@ -8,6 +8,7 @@ use crate::replica::registry::Registry;
 use crate::server::Mds;
 use crate::service::READDIR_ENTRIES_MAX;
 use cudele_namespace::{Namespace, NsResult};
+use cudele_proto::auth::Role;
 use cudele_proto::convert::{attr_to_wire, kind_to_wire};
 use cudele_proto::pb;
 use cudele_proto::replica_pb::{self, coordinator_server};
@@ -28,6 +29,18 @@ fn fill_attr(namespace: &Namespace, ino: u64) -> NsResult<replica_pb::FillAttrRe
     Ok(replica_pb::FillAttrReply { attr: Some(attr_to_wire(record)), home: record.parent })
 }
 
+/// Registration, leases and cache fills are for replica instances: the replica token of
+/// the MDS that launched them, or an operator's admin token. Clients may only list
+/// deployments and wake one.
+fn require_replica<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.extensions().get::<Role>() {
+        Some(role) if *role >= Role::Replica => Ok(()),
+        _ => Err(status_from_error(cudele_namespace::NsError::Refused(
+            "replica registration and cache fills need the replica or admin token".into(),
+        ))),
+    }
+}
+
 fn answer<T>(result: NsResult<T>) -> Reply<T> {
     result.map(Response::new).map_err(status_from_error)
 }
@@ -35,6 +48,7 @@ fn answer<T>(result: NsResult<T>) -> Reply<T> {
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for CoordinatorService {
     async fn register(&self, request: Request<replica_pb::RegisterRequest>) -> Reply<replica_pb::RegisterReply> {
+        require_replica(&request)?;
         let request = request.into_inner();
         let instance = self
             .registry
@@ -57,6 +71,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn heartbeat(&self, request: Request<replica_pb::HeartbeatRequest>) -> Reply<replica_pb::HeartbeatReply> {
+        require_replica(&request)?;
         let request = request.into_inner();
         if self.registry.heartbeat(request.instance, request.load) {
             Ok(Response::new(replica_pb::HeartbeatReply { lease_ms: self.registry.lease().as_millis() as u64 }))
@@ -66,6 +81,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn deregister(&self, request: Request<replica_pb::DeregisterRequest>) -> Reply<pb::Empty> {
+        require_replica(&request)?;
         let request = request.into_inner();
         let instance = request.instance;
         if self.registry.deregister_reporting(instance, request.load).is_some() {
@@ -109,6 +125,7 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn fill_lookup(&self, request: Request<pb::EntryRequest>) -> Reply<replica_pb::FillAttrReply> {
+        require_replica(&request)?;
         let request = request.into_inner();
         self.mds.count_operation("replica_fill_lookup");
         answer(
@@ -122,12 +139,14 @@ impl coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn fill_get_attr(&self, request: Request<pb::InoRequest>) -> Reply<replica_pb::FillAttrReply> {
+        require_replica(&request)?;
         let ino = request.into_inner().ino;
         self.mds.count_operation("replica_fill_getattr");
         answer(self.mds.read(0, ino, |namespace| fill_attr(namespace, ino)).await)
     }
 
     async fn fill_readdir(&self, request: Request<pb::ReaddirRequest>) -> Reply<replica_pb::FillReaddirReply> {
+        require_replica(&request)?;
         let request = request.into_inner();
         self.mds.count_operation("replica_fill_readdir");
         let limit = (request.limit as usize).clamp(1, READDIR_ENTRIES_MAX);

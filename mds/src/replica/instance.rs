@@ -53,7 +53,11 @@ pub struct InstanceConfig {
     pub mds: String,
     pub deployment: u32,
     pub listen: SocketAddr,
+    /// The client token: what mounts (and the MDS) present to this instance.
     pub token: Option<String>,
+    /// What this instance presents to the MDS's coordinator: the replica token of the MDS
+    /// that launched it, or an operator's admin token for an instance started by hand.
+    pub mds_token: Option<String>,
     pub launch_id: u64,
     pub concurrency_limit: u32,
     pub queue_length_max: u32,
@@ -483,7 +487,7 @@ pub async fn run_instance(
     let address = listener.local_addr()?;
     let channel = lazy_channel(&config.mds).with_context(|| format!("MDS address {}", config.mds))?;
     let coordinator =
-        CoordinatorClient::with_interceptor(channel, Headers { token: config.token.clone(), session: None });
+        CoordinatorClient::with_interceptor(channel, Headers { token: config.mds_token.clone(), session: None });
     let now = Instant::now();
     let shared = Arc::new(Shared {
         address: address.to_string(),

@@ -115,7 +115,13 @@ struct Processes {
 pub struct LocalProcessLauncher {
     executable: PathBuf,
     processes: Mutex<Processes>,
+    /// The replica credential handed to every instance (in its environment, not on its
+    /// command line, where every local user could read it).
+    replica_token: Option<String>,
 }
+
+/// Environment variable carrying the replica token to an instance the MDS launched.
+pub const REPLICA_TOKEN_ENV: &str = "CUDELE_REPLICA_TOKEN";
 
 impl LocalProcessLauncher {
     pub fn new(executable: PathBuf) -> LocalProcessLauncher {
@@ -126,7 +132,14 @@ impl LocalProcessLauncher {
                 exited: VecDeque::new(),
                 exited_set: HashSet::new(),
             }),
+            replica_token: None,
         }
+    }
+
+    /// Instances get `token` as their credential towards the MDS.
+    pub fn with_replica_token(mut self, token: Option<String>) -> Self {
+        self.replica_token = token;
+        self
     }
 
     /// A launcher that runs this very binary (`cudele-mds`).
@@ -168,6 +181,9 @@ impl InstanceLauncher for LocalProcessLauncher {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(&self.executable);
         command.args(spec.arguments()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+        if let Some(token) = &self.replica_token {
+            command.env(REPLICA_TOKEN_ENV, token);
+        }
         let parent = std::process::id();
         // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
         // functions (prctl, getppid, _exit).

@@ -20,6 +20,9 @@ pub struct ReplicaLayer {
     pub registry: Arc<Registry>,
     pub coherence: Arc<Coherence>,
     pub launcher: Option<Arc<dyn InstanceLauncher>>,
+    /// The credential of the instances this MDS launches (random, made at start; None when
+    /// the MDS runs without tokens).
+    pub replica_token: Option<String>,
 }
 
 impl ReplicaLayer {
@@ -27,13 +30,19 @@ impl ReplicaLayer {
     pub fn new(settings: ReplicaSettings, token: Option<String>) -> Result<ReplicaLayer> {
         settings.validate().map_err(anyhow::Error::msg)?;
         let registry = Arc::new(Registry::new(settings.deployments, settings.lease, settings.heartbeat_interval()));
+        let replica_token = token.is_some().then(|| {
+            let mut secret = [0u8; 16];
+            rand::Rng::fill(&mut rand::rng(), &mut secret);
+            secret.iter().map(|byte| format!("{byte:02x}")).collect::<String>()
+        });
         let launcher: Option<Arc<dyn InstanceLauncher>> = if settings.enabled() {
-            Some(Arc::new(LocalProcessLauncher::current_exe().context("finding the cudele-mds executable")?))
+            let launcher = LocalProcessLauncher::current_exe().context("finding the cudele-mds executable")?;
+            Some(Arc::new(launcher.with_replica_token(replica_token.clone())))
         } else {
             None
         };
         let coherence = Arc::new(Coherence::new(registry.clone(), launcher.clone(), settings.ack_timeout, token));
-        Ok(ReplicaLayer { settings, registry, coherence, launcher })
+        Ok(ReplicaLayer { settings, registry, coherence, launcher, replica_token })
     }
 
     pub fn coordinator_service(&self, mds: Arc<Mds>) -> CoordinatorService {
