@@ -5,8 +5,10 @@ pub const AUTHORIZATION_HEADER: &str = "authorization";
 /// Carries the session id returned by OpenSession.
 pub const SESSION_HEADER: &str = "cudele-session";
 
-/// Read a token file: the secret is its content with surrounding whitespace removed.
+/// Read a token file: the secret is its content with surrounding whitespace removed. A file
+/// that group or others may access is refused (`crate::transport::refuse_shared_secret_file`).
 pub fn read_token_file(path: &std::path::Path) -> std::io::Result<String> {
+    crate::transport::refuse_shared_secret_file(path, "token file")?;
     let token = std::fs::read_to_string(path)?.trim().to_string();
     if token.is_empty() {
         return Err(std::io::Error::new(

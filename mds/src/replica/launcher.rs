@@ -69,9 +69,17 @@ impl LaunchSpec {
             "--cache-items-max".to_string(),
             self.options.cache_items_max.to_string(),
         ];
-        if let Some(path) = &self.options.token_file {
-            arguments.push("--token-file".to_string());
-            arguments.push(path.display().to_string());
+        let files = [
+            ("--token-file", &self.options.token_file),
+            ("--tls-cert", &self.options.tls_cert),
+            ("--tls-key", &self.options.tls_key),
+            ("--tls-ca", &self.options.tls_ca),
+        ];
+        for (flag, path) in files {
+            if let Some(path) = path {
+                arguments.push(flag.to_string());
+                arguments.push(path.display().to_string());
+            }
         }
         arguments
     }
