@@ -5,9 +5,11 @@
 //! `target/release`), so run `cargo build --bins` before `cargo test` (the README's test
 //! command does).
 //!
-//! [`bench`] holds what the benchmark binaries share (CPU accounting, timed phases, plots).
+//! [`bench`] holds what the benchmark binaries share (CPU accounting, timed phases, plots);
+//! [`pki`] makes test certificates for TLS.
 
 pub mod bench;
+pub mod pki;
 
 use anyhow::{bail, Context, Result};
 use cudele_proto::auth::{AUTHORIZATION_HEADER, SESSION_HEADER};
