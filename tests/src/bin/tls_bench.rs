@@ -101,6 +101,7 @@ fn main() -> Result<()> {
                             mount of a cudele-mds with a token; plaintext gRPC vs TLS (rustls, ring); samples \
                             alternate between the two",
             "machine": machine(),
+            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
             "files_per_sample": options.files,
             "plaintext": { "creates_per_second_median": plain, "samples": targets[0].samples },
             "tls": { "creates_per_second_median": tls, "samples": targets[1].samples },
