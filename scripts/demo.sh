@@ -19,7 +19,9 @@ done
 rm -rf "$work"
 mkdir -p "$work/mnt-a" "$work/mnt-b"
 
-cudele-mds --listen 127.0.0.1:0 --data-dir "$work/mds" >"$work/mds.out" 2>"$work/mds.log" &
+# The shared secret every client presents: a token file only its owner may read.
+(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token")
+cudele-mds --listen 127.0.0.1:0 --data-dir "$work/mds" --token-file "$work/token" >"$work/mds.out" 2>"$work/mds.log" &
 mds_pid=$!
 cleanup() {
   for mountpoint in "$work/mnt-a" "$work/mnt-b"; do
@@ -33,8 +35,8 @@ for _ in $(seq 1 100); do [ -s "$work/mds/mds.addr" ] && break; sleep 0.1; done
 server="$(cat "$work/mds/mds.addr")"
 echo "== cudele-mds is serving on $server (data: $work/mds)"
 
-mount -t fuse.cudele "$server" "$work/mnt-a"       # through mount(8) and the helper
-cudele mount "$server" "$work/mnt-b"               # through the CLI
+mount -t fuse.cudele "$server" "$work/mnt-a" -o token="$work/token"   # through mount(8) and the helper
+cudele mount "$server" "$work/mnt-b" -o token="$work/token"            # through the CLI
 echo "== two mounts: $work/mnt-a and $work/mnt-b"
 
 mkdir "$work/mnt-a/projects"
@@ -56,4 +58,4 @@ ls "$work/mnt-b/checkpoint" 2>&1 | head -1 || true
 cudele merge "$work/mnt-a/checkpoint"
 cudele recouple "$work/mnt-a/checkpoint"
 echo "== after merge and recouple, mount B sees $(ls "$work/mnt-b/checkpoint" | wc -l) files"
-cudele status --server "$server"
+cudele status --server "$server" --token-file "$work/token"

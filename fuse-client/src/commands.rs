@@ -10,6 +10,7 @@ use crate::sync::Arc;
 use cudele_journal::store::{JournalStore, StoreOptions};
 use cudele_namespace::NsError;
 use cudele_proto::pb;
+use cudele_proto::transport::ClientTls;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -26,13 +27,41 @@ pub fn read_token(path: Option<&Path>) -> Result<Option<String>, ClientError> {
     .transpose()
 }
 
-/// Ask the MDS at `server` for its status (no session needed).
-pub fn fetch_status(server: &str, token: Option<&str>) -> Result<pb::StatusReply, ClientError> {
+/// How an operator command reaches the MDS: its address, the token, the CA for TLS.
+#[derive(Debug, Clone)]
+pub struct MdsTarget {
+    pub server: String,
+    pub token: Option<String>,
+    /// Connect over TLS, verifying the MDS's certificate with this CA.
+    pub tls: Option<ClientTls>,
+}
+
+impl MdsTarget {
+    /// Read the token file and the CA file (either may be absent).
+    pub fn load(server: &str, token_file: Option<&Path>, tls_ca: Option<&Path>) -> Result<MdsTarget, ClientError> {
+        Ok(MdsTarget {
+            server: server.to_string(),
+            token: read_token(token_file)?,
+            tls: ClientTls::from_optional_file(tls_ca)?,
+        })
+    }
+
+    /// Options of a session with this MDS.
+    pub fn remote_options(&self) -> RemoteOptions {
+        let mut options = RemoteOptions::new(self.server.clone(), self.token.clone());
+        options.tls = self.tls.clone();
+        options
+    }
+}
+
+/// Ask the MDS for its status (no session needed).
+pub fn fetch_status(target: &MdsTarget) -> Result<pb::StatusReply, ClientError> {
+    let server = target.server.as_str();
     let runtime = Blocking::new("cudele-status").map_err(ClientError::io("starting a runtime"))?;
-    let headers = Headers::new(token, Arc::new(cudele_proto::auth::SessionSlot::default()))?;
+    let headers = Headers::new(target.token.as_deref(), Arc::new(cudele_proto::auth::SessionSlot::default()))?;
     let channel = {
         let _entered = runtime.handle().enter();
-        lazy_channel(server)?
+        lazy_channel(server, target.tls.as_ref())?
     };
     let mut client = connection(channel, &headers);
     let reply = runtime.block_on(async move {
@@ -199,14 +228,13 @@ pub fn status_table(server: &str, status: &pb::StatusReply) -> String {
 
 /// `cudele gc`: collect unreferenced chunk objects. The store defaults to the MDS's.
 pub fn run_gc(
-    server: &str,
-    token: Option<String>,
+    target: &MdsTarget,
     store_url: Option<&str>,
     grace: Duration,
     dry_run: bool,
 ) -> Result<GcReport, ClientError> {
     let runtime = Blocking::new("cudele-gc").map_err(ClientError::io("starting a runtime"))?;
-    let mut options = RemoteOptions::new(server, token);
+    let mut options = target.remote_options();
     options.client_name = format!("{} (gc)", options.client_name);
     let metadata = RemoteMetadata::connect(options, runtime.clone())?;
     let url = store_url.map(str::to_string).unwrap_or_else(|| metadata.object_store_url());

@@ -17,6 +17,9 @@ pub enum ClientError {
     #[error("reading token file {path}: {cause}")]
     TokenFile { path: String, cause: std::io::Error },
 
+    #[error("{0}")]
+    Transport(#[from] cudele_proto::transport::TransportError),
+
     #[error("object store {url}: {reason}")]
     ObjectStore { url: String, reason: String },
 

@@ -1,7 +1,7 @@
 //! The `cudele` command: mount, umount, status, gc — and, when installed as
 //! `/sbin/mount.fuse.cudele`, the mount(8) helper for `mount -t fuse.cudele`.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use cudele_client::data::gc::GC_GRACE_DEFAULT_SECS;
 use cudele_client::mount::{self, MountConfig};
 use cudele_client::{commands, subtree_cli};
@@ -29,7 +29,8 @@ enum Command {
         /// MDS address, host:port.
         server: String,
         mountpoint: PathBuf,
-        /// Comma-separated options: token=FILE, store=URL (object store; default: the MDS's),
+        /// Comma-separated options: token=FILE, tls_ca=FILE (connect over TLS, verifying the
+        /// MDS with this CA certificate), store=URL (object store; default: the MDS's),
         /// allow_other (default) | noallow_other, ro, nosuid, nodev, noexec, noatime,
         /// threads=N (FUSE workers, default 4), fsname=NAME, log=FILE (daemon log),
         /// outage_timeout_ms=N. mount(8)'s generic options (defaults, noauto, _netdev,
@@ -60,20 +61,16 @@ enum Command {
     Status {
         /// A decoupled directory on a cudele mount.
         directory: Option<PathBuf>,
-        #[arg(long, env = "CUDELE_SERVER", default_value = SERVER_DEFAULT)]
-        server: String,
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        mds: MdsArgs,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Delete chunk objects no inode references (deleted files, bytes past a file's end).
     Gc {
-        #[arg(long, env = "CUDELE_SERVER", default_value = SERVER_DEFAULT)]
-        server: String,
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        mds: MdsArgs,
         /// Object store URL (default: the one the MDS uses).
         #[arg(long)]
         store: Option<String>,
@@ -116,11 +113,31 @@ enum JournalCommand {
         /// Give the subtree back to the MDS afterwards.
         #[arg(long)]
         recouple: bool,
-        #[arg(long, env = "CUDELE_SERVER", default_value = SERVER_DEFAULT)]
-        server: String,
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        mds: MdsArgs,
     },
+}
+
+/// How a command reaches the MDS (status, gc, journal apply).
+#[derive(Args, Debug)]
+struct MdsArgs {
+    /// MDS address, host:port.
+    #[arg(long, env = "CUDELE_SERVER", default_value = SERVER_DEFAULT)]
+    server: String,
+    /// File holding the MDS's shared secret (mode 0600 or stricter).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the MDS's TLS certificate with; given, the command
+    /// connects over TLS.
+    #[arg(long, env = "CUDELE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl MdsArgs {
+    fn target(&self) -> Result<commands::MdsTarget, String> {
+        commands::MdsTarget::load(&self.server, self.token_file.as_deref(), self.tls_ca.as_deref())
+            .map_err(|error| error.to_string())
+    }
 }
 
 fn init_logging() {
@@ -157,25 +174,23 @@ fn run(cli: Cli) -> Result<(), String> {
             subtree_cli::journal_export(&source, store.as_deref())
         }
         Command::Journal(JournalCommand::Import { json, output }) => subtree_cli::journal_import(&json, &output),
-        Command::Journal(JournalCommand::Apply { source, store, dir, recouple, server, token_file }) => {
-            let token = commands::read_token(token_file.as_deref()).map_err(|error| error.to_string())?;
-            subtree_cli::journal_apply(&source, store.as_deref(), &dir, &server, token, recouple)
+        Command::Journal(JournalCommand::Apply { source, store, dir, recouple, mds }) => {
+            subtree_cli::journal_apply(&source, store.as_deref(), &dir, &mds.target()?, recouple)
         }
         Command::Status { directory: Some(directory), json, .. } => subtree_cli::status(&directory, json),
-        Command::Status { directory: None, server, token_file, json } => {
-            let token = commands::read_token(token_file.as_deref()).map_err(|error| error.to_string())?;
-            let status = commands::fetch_status(&server, token.as_deref()).map_err(|error| error.to_string())?;
+        Command::Status { directory: None, mds, json } => {
+            let target = mds.target()?;
+            let status = commands::fetch_status(&target).map_err(|error| error.to_string())?;
             if json {
                 println!("{}", commands::status_json(&status));
             } else {
-                print!("{}", commands::status_table(&server, &status));
+                print!("{}", commands::status_table(&target.server, &status));
             }
             Ok(())
         }
-        Command::Gc { server, token_file, store, grace_secs, dry_run, json } => {
-            let token = commands::read_token(token_file.as_deref()).map_err(|error| error.to_string())?;
+        Command::Gc { mds, store, grace_secs, dry_run, json } => {
             let grace = Duration::from_secs(grace_secs);
-            let report = commands::run_gc(&server, token, store.as_deref(), grace, dry_run)
+            let report = commands::run_gc(&mds.target()?, store.as_deref(), grace, dry_run)
                 .map_err(|error| error.to_string())?;
             if json {
                 println!("{}", serde_json::to_string(&report).map_err(|error| error.to_string())?);
@@ -312,6 +327,8 @@ mod tests {
         Cli::try_parse_from(["cudele", "mount", "127.0.0.1:7070", "/mnt/x", "-o", "token=/t", "-f"]).expect("mount");
         Cli::try_parse_from(["cudele", "status", "--json"]).expect("status");
         Cli::try_parse_from(["cudele", "gc", "--server", "h:1", "--dry-run", "--grace-secs", "0"]).expect("gc");
+        Cli::try_parse_from(["cudele", "status", "--server", "h:1", "--tls-ca", "/ca.pem", "--token-file", "/t"])
+            .expect("status over TLS");
         assert!(is_command_line("mount") && !is_command_line("127.0.0.1:7070"));
     }
 }

@@ -46,6 +46,9 @@ pub struct MountConfig {
     pub server: String,
     pub mountpoint: PathBuf,
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the MDS's and its replicas' TLS certificates with
+    /// (`tls_ca=`); set, the mount connects over TLS, unset, plaintext.
+    pub tls_ca: Option<PathBuf>,
     /// Object store URL; by default the one the MDS hands out at OpenSession.
     pub store_url: Option<String>,
     /// Serve every user of the machine (the kernel checks permissions: default_permissions).
@@ -75,6 +78,7 @@ impl MountConfig {
             server: server.into(),
             mountpoint: mountpoint.into(),
             token_file: None,
+            tls_ca: None,
             store_url: None,
             allow_other: true,
             fuse_threads: FUSE_THREADS_DEFAULT,
@@ -106,6 +110,10 @@ impl MountConfig {
         let flag = match (name, value) {
             ("token", Some(path)) => {
                 self.token_file = Some(PathBuf::from(path));
+                None
+            }
+            ("tls_ca", Some(path)) => {
+                self.tls_ca = Some(PathBuf::from(path));
                 None
             }
             ("store", Some(url)) => {
@@ -251,8 +259,10 @@ pub fn connect(config: &MountConfig) -> Result<Arc<CudeleFs>, ClientError> {
         ),
         None => None,
     };
+    let tls = cudele_proto::transport::ClientTls::from_optional_file(config.tls_ca.as_deref())?;
     let runtime = Blocking::new("cudele-client").map_err(ClientError::io("starting the client runtime"))?;
     let mut options = RemoteOptions::new(config.server.clone(), token);
+    options.tls = tls;
     options.outage_timeout = config.outage_timeout;
     options.early_replies = config.early_replies;
     options.replicas = config.replicas;
@@ -523,9 +533,10 @@ mod tests {
     fn options() {
         let mut config = MountConfig::new("127.0.0.1:7070", "/mnt/x");
         config
-            .apply_options("rw,token=/etc/cudele/token,store=file:///srv/objects,noatime,nofail,_netdev,defaults,x-systemd.automount,threads=8")
+            .apply_options("rw,token=/etc/cudele/token,tls_ca=/etc/cudele/ca.pem,store=file:///srv/objects,noatime,nofail,_netdev,defaults,x-systemd.automount,threads=8")
             .expect("options");
         assert_eq!(config.token_file.as_deref(), Some(Path::new("/etc/cudele/token")));
+        assert_eq!(config.tls_ca.as_deref(), Some(Path::new("/etc/cudele/ca.pem")));
         assert_eq!(config.store_url.as_deref(), Some("file:///srv/objects"));
         assert_eq!(config.fuse_threads, 8);
         assert_eq!(config.kernel_flags, vec![MountOption::RW, MountOption::NoAtime]);

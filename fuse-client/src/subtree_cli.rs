@@ -3,7 +3,7 @@
 //! by setting the `cudele.*` virtual xattrs (as CephFS's ceph.dir.*); the journal tool reads
 //! segments directly and merges through the MDS as an operator.
 
-use crate::metadata::{RemoteMetadata, RemoteOptions};
+use crate::metadata::RemoteMetadata;
 use crate::runtime::Blocking;
 use crate::subtree::router::{DECOUPLE_XATTR, MERGE_XATTR, RECOUPLE_XATTR, STATUS_XATTR};
 use cudele_journal::inspect::{export_json_lines, import_json_lines, inspect_segment};
@@ -188,8 +188,7 @@ pub fn journal_apply(
     source: &str,
     store: Option<&str>,
     directory: &Path,
-    server: &str,
-    token: Option<String>,
+    target: &crate::commands::MdsTarget,
     recouple: bool,
 ) -> Result<(), String> {
     let ino = std::fs::metadata(directory).map_err(|error| format!("{}: {error}", directory.display()))?.ino();
@@ -208,8 +207,7 @@ pub fn journal_apply(
         }
     };
     let runtime = Blocking::new("cudele-journal").map_err(|error| error.to_string())?;
-    let remote =
-        RemoteMetadata::connect(RemoteOptions::new(server, token), runtime).map_err(|error| error.to_string())?;
+    let remote = RemoteMetadata::connect(target.remote_options(), runtime).map_err(|error| error.to_string())?;
     let spinner = progress(format!("{source}: applying {events} to {}", directory.display()));
     let reply = remote.merge_subtree(request);
     spinner.finish_and_clear();

@@ -14,6 +14,7 @@ use cudele_mds::replica::settings::{
     INSTANCE_QUEUE_LENGTH_MAX_DEFAULT,
 };
 use cudele_mds::run::{run, MdsConfig};
+use cudele_proto::transport::{ClientTls, ServerTls};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,13 +66,19 @@ struct ServeOptions {
     /// Allow plain HTTP to the S3 endpoint.
     #[arg(long, help_heading = "S3")]
     s3_allow_http: bool,
-    /// File holding the shared secret clients must present.
-    #[arg(long)]
+    /// File holding the shared secret clients must present (mode 0600 or stricter).
+    /// Required unless --insecure.
+    #[arg(long, help_heading = "Security")]
     token_file: Option<PathBuf>,
     /// File holding the operators' secret (admin role: operator merges with `cudele journal
     /// apply`, Dump, replica instances started by hand). Without it nobody is admin.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Run without --token-file: admit every client that can connect (a development MDS).
+    #[arg(long, help_heading = "Security")]
+    insecure: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -156,6 +163,32 @@ struct ReplicaArgs {
     replica_listen_host: String,
 }
 
+/// TLS for gRPC (rustls). Without --tls-cert the server speaks plaintext gRPC.
+#[derive(Args, Debug)]
+struct TlsArgs {
+    /// Serve gRPC over TLS with this PEM certificate (chain); needs --tls-key. Replica
+    /// instances the MDS launches serve with it too, so it must name their host as well.
+    #[arg(long, requires = "tls_key", help_heading = "Security")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (mode 0600 or stricter).
+    #[arg(long, requires = "tls_cert", help_heading = "Security")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate that issued the servers' certificates: verifies the MDS (replica
+    /// instances) and replica instances (the MDS, when it sends invalidations). Passed on to
+    /// the instances the MDS launches.
+    #[arg(long, help_heading = "Security")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The server identity (None without --tls-cert) and the client CA (None without --tls-ca).
+    fn load(&self) -> Result<(Option<ServerTls>, Option<ClientTls>)> {
+        let server = ServerTls::from_optional_files(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
+        let client = ClientTls::from_optional_file(self.tls_ca.as_deref())?;
+        Ok((server, client))
+    }
+}
+
 #[derive(Args, Debug)]
 struct ReplicaOptions {
     /// The MDS to register with (host:port).
@@ -167,7 +200,8 @@ struct ReplicaOptions {
     /// Address to serve on (port 0 picks a free port; it is printed and registered).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// File holding the client token (the MDS's `--token-file`): what mounts present here.
+    /// File holding the client token (the MDS's `--token-file`, mode 0600 or stricter): what
+    /// mounts present here.
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// File holding what this instance presents to the MDS: the admin token, for an instance
@@ -175,6 +209,9 @@ struct ReplicaOptions {
     /// CUDELE_REPLICA_TOKEN).
     #[arg(long)]
     mds_token_file: Option<PathBuf>,
+    /// Serve TLS with --tls-cert and --tls-key; dial the MDS over TLS verified with --tls-ca.
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Requests served at once.
     #[arg(long, default_value_t = INSTANCE_CONCURRENCY_LIMIT_DEFAULT)]
     concurrency_limit: u32,
@@ -235,7 +272,20 @@ fn stop_on_signals(stop: watch::Sender<bool>) {
 
 fn serve(options: ServeOptions) -> Result<()> {
     let Some(data_dir) = options.data_dir else { bail!("--data-dir is required (see --help)") };
+    if options.token_file.is_none() && !options.insecure {
+        bail!(
+            "no --token-file: refusing to serve without authentication; give --token-file FILE, or --insecure to \
+             admit every client that can connect"
+        );
+    }
+    // Everything the MDS creates (metadata store, mds.addr, a local object directory's
+    // segments and snapshots) is for its owner only.
+    // SAFETY: umask(2) only sets the process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(cudele_mds::run::MDS_UMASK as libc::mode_t);
+    }
     let token = read_token(options.token_file.as_ref())?;
+    let (tls, client_tls) = options.tls.load()?;
     let replicas = &options.replicas;
     let config = MdsConfig {
         listen: options.listen,
@@ -249,6 +299,8 @@ fn serve(options: ServeOptions) -> Result<()> {
         },
         token,
         admin_token: read_token(options.admin_token_file.as_ref())?,
+        tls,
+        client_tls,
         lease: Duration::from_millis(options.lease_ms),
         invalidation_ack_timeout: Duration::from_millis(options.invalidation_ack_timeout_ms),
         reconnect_timeout: Duration::from_millis(options.reconnect_timeout_ms),
@@ -276,6 +328,9 @@ fn serve(options: ServeOptions) -> Result<()> {
                 cache_items_max: replicas.replica_cache_items_max,
                 listen_host: replicas.replica_listen_host.clone(),
                 token_file: options.token_file.clone(),
+                tls_cert: options.tls.tls_cert.clone(),
+                tls_key: options.tls.tls_key.clone(),
+                tls_ca: options.tls.tls_ca.clone(),
             },
         },
     };
@@ -299,12 +354,15 @@ fn replica(options: ReplicaOptions) -> Result<()> {
         Ok(launched_with) => Some(launched_with),
         Err(_) => read_token(options.mds_token_file.as_ref())?.or_else(|| token.clone()),
     };
+    let (tls, mds_tls) = options.tls.load()?;
     let config = InstanceConfig {
         mds: options.mds,
         deployment: options.deployment,
         listen: options.listen,
         token,
         mds_token,
+        tls,
+        mds_tls,
         launch_id: options.launch_id,
         concurrency_limit: options.concurrency_limit,
         queue_length_max: options.queue_length_max,

@@ -15,6 +15,7 @@ use cudele_journal::store::{JournalStore, StoreOptions};
 use cudele_proto::auth::{Tokens, AUTHORIZATION_HEADER};
 use cudele_proto::pb::mds_server::MdsServer;
 use cudele_proto::replica_pb::coordinator_server::CoordinatorServer;
+use cudele_proto::transport::{ClientTls, ServerTls};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -27,6 +28,12 @@ const DURABLE_BATCH_QUEUE_LENGTH_MAX: usize = 1024;
 /// Concurrent requests served per client connection (a mount runs at most a few hundred
 /// at once: its FUSE threads and the kernel's background requests).
 const REQUESTS_PER_CONNECTION_MAX: usize = 256;
+/// The data dir's mode: the owner only.
+pub const DATA_DIR_MODE: u32 = 0o700;
+/// The process umask `cudele-mds serve` sets, so that every file it creates (metadata store,
+/// mds.addr, journal segments and snapshots in a local object directory) is 0600 and every
+/// directory 0700.
+pub const MDS_UMASK: u32 = 0o077;
 
 #[derive(Debug, Clone)]
 pub struct MdsConfig {
@@ -40,6 +47,10 @@ pub struct MdsConfig {
     /// Secret operators present for admin calls (operator merges, Dump, replica
     /// registration by hand); None: no caller is admin unless `token` is None too.
     pub admin_token: Option<String>,
+    /// Serve TLS with this certificate and key; None: plaintext gRPC.
+    pub tls: Option<ServerTls>,
+    /// The CA the MDS verifies replica instances with when it dials them.
+    pub client_tls: Option<ClientTls>,
     pub lease: Duration,
     pub invalidation_ack_timeout: Duration,
     /// Longest the reconnect phase after a restart holds operations (`crate::reconnect`).
@@ -69,8 +80,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    create_private_dir(&config.data_dir)?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let url = config.object_store_url()?;
     let objects = Arc::new(
@@ -97,7 +107,7 @@ pub async fn run(
     let persister_task = tokio::spawn(persister.run(durable_receiver, drain_receiver));
 
     let sessions = Sessions::new(config.lease, config.invalidation_ack_timeout);
-    let replicas = ReplicaLayer::new(config.replicas.clone(), config.token.clone())?;
+    let replicas = ReplicaLayer::new(config.replicas.clone(), config.token.clone(), config.client_tls.clone())?;
     let mds = Arc::new(Mds::new(
         recovered.namespace,
         journal.clone(),
@@ -114,7 +124,15 @@ pub async fn run(
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
     std::fs::write(config.data_dir.join("mds.addr"), address.to_string())?;
-    tracing::info!(%address, object_store = %url, events_replayed = recovered.replayed_events, "cudele-mds serving");
+    let transport = if config.tls.is_some() { "tls" } else { "plaintext" };
+    tracing::info!(%address, object_store = %url, events_replayed = recovered.replayed_events, transport, "cudele-mds serving");
+    if config.tls.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(%address, "serving plaintext gRPC on a non-loopback address: tokens and metadata cross the \
+                       network unencrypted (use --tls-cert and --tls-key)");
+    }
+    if config.token.is_none() {
+        tracing::warn!(%address, "no --token-file: every client that can connect is admitted (--insecure)");
+    }
     println!("cudele-mds listening on {address}");
     if let Some(bound) = bound {
         let _ = bound.send(address);
@@ -148,7 +166,13 @@ pub async fn run(
     // back small replies and invalidations by ~40 ms.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mds_for_shutdown = mds.clone();
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server
+            .tls_config(tls.config())
+            .with_context(|| format!("TLS with {} and {}", tls.cert_path.display(), tls.key_path.display()))?;
+    }
+    server
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .add_service(service)
         .add_service(coordinator)
@@ -184,6 +208,24 @@ async fn reap_expired_sessions(mds: Arc<Mds>, mut shutdown: watch::Receiver<bool
             mds.expire_session(session).await;
         }
     }
+}
+
+/// Create the data dir (and its parents) accessible to the owner only, and make an existing
+/// one so: the metadata store and the snapshots under it hold the whole namespace.
+fn create_private_dir(data_dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DATA_DIR_MODE)
+        .create(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let mode = std::fs::metadata(data_dir)?.permissions().mode() & 0o7777;
+    if mode != DATA_DIR_MODE {
+        tracing::info!(data_dir = %data_dir.display(), "data dir had mode {mode:04o}; making it {DATA_DIR_MODE:04o}");
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+            .with_context(|| format!("chmod {DATA_DIR_MODE:o} {}", data_dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Hold an exclusive lock on the data dir for the life of the process: two MDSs writing one

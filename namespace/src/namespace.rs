@@ -316,12 +316,14 @@ impl Namespace {
         self.inodes.len() as u64
     }
 
-    /// Bytes of file data the namespace accounts for (sizes of regular files).
+    /// Bytes of file data the namespace accounts for (sizes of regular files), saturating
+    /// at `u64::MAX`: sizes are the clients' to set (sparse files), so their sum can overflow.
     pub fn file_bytes(&self) -> u64 {
         self.inodes
             .values()
             .filter(|inode| inode.record.attr.kind == FileKind::Regular)
-            .fold(0u64, |total, inode| total.saturating_add(inode.record.attr.size))
+            .map(|inode| inode.record.attr.size)
+            .fold(0, u64::saturating_add)
     }
 
     pub fn next_ino(&self) -> Ino {

@@ -60,7 +60,7 @@ impl Tokens {
 /// Read a token file: the secret is its content with surrounding whitespace removed. A file
 /// that group or others may read is refused, as ssh refuses such a key.
 pub fn read_token_file(path: &std::path::Path) -> std::io::Result<String> {
-    check_private(path)?;
+    crate::transport::refuse_shared_secret_file(path, "token file")?;
     let token = std::fs::read_to_string(path)?.trim().to_string();
     if token.is_empty() {
         return Err(std::io::Error::new(

@@ -9,6 +9,7 @@
 //! - [`replica_pb`]: the replica contract (proto/replica.proto): `Replica` and `Coordinator`.
 //! - [`partition`]: the one partition function of the replica layer (directory -> deployment).
 //! - [`routing`]: routing reads to replica instances with retry, backoff and MDS fallback.
+//! - [`transport`]: the one channel builder (plaintext or TLS) and the servers' TLS identity.
 
 pub mod pb {
     tonic::include_proto!("cudele.v1");
@@ -24,6 +25,7 @@ pub mod early;
 pub mod partition;
 pub mod routing;
 pub mod status;
+pub mod transport;
 
 pub use status::{error_from_status, status_from_error};
 

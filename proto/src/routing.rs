@@ -22,6 +22,7 @@ use crate::partition::deployment_of;
 use crate::pb::{self, mds_client::MdsClient};
 use crate::replica_pb::{self, coordinator_client::CoordinatorClient, replica_client::ReplicaClient};
 use crate::status::ERRNO_METADATA_KEY;
+use crate::transport::{ClientTls, TransportError};
 use rand::Rng;
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,11 +30,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// How long a connection attempt to the MDS or an instance may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CONNECT_TIMEOUT: Duration = crate::transport::CONNECT_TIMEOUT;
 /// Replica attempts per read before falling back to the MDS.
 pub const ROUTING_ATTEMPTS_MAX: u32 = 3;
 /// First backoff between attempts; it doubles up to [`ROUTING_BACKOFF_MAX`].
@@ -74,12 +75,10 @@ pub type MdsApi = MdsClient<InterceptedService<Channel, Headers>>;
 pub type ReplicaApi = ReplicaClient<InterceptedService<Channel, Headers>>;
 pub type CoordinatorApi = CoordinatorClient<InterceptedService<Channel, Headers>>;
 
-/// A lazily connected channel to `address` (host:port).
-pub fn lazy_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy())
+/// A lazily connected channel to `address` (host:port), over TLS when `tls` is given
+/// ([`crate::transport::endpoint`]).
+pub fn lazy_channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, TransportError> {
+    Ok(crate::transport::endpoint(address, tls)?.connect_lazy())
 }
 
 /// Whether a failed call is an answer of the namespace (it carries an errno) rather than a
@@ -94,6 +93,8 @@ pub struct RoutingOptions {
     pub token: Option<String>,
     /// Sent to the MDS on fallback reads (so decoupled-subtree rules apply to this client).
     pub session: Option<u64>,
+    /// The CA to verify the MDS and the instances with (None: plaintext).
+    pub tls: Option<ClientTls>,
     pub attempts_max: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -107,6 +108,7 @@ impl Default for RoutingOptions {
         RoutingOptions {
             token: None,
             session: None,
+            tls: None,
             attempts_max: ROUTING_ATTEMPTS_MAX,
             backoff_initial: ROUTING_BACKOFF_INITIAL,
             backoff_max: ROUTING_BACKOFF_MAX,
@@ -195,8 +197,8 @@ pub struct RoutedReader {
 impl RoutedReader {
     /// A reader for the MDS at `mds_address` (host:port). Connections are lazy; the first
     /// read lists the deployments.
-    pub fn new(mds_address: &str, options: RoutingOptions) -> Result<RoutedReader, tonic::transport::Error> {
-        let channel = lazy_channel(mds_address)?;
+    pub fn new(mds_address: &str, options: RoutingOptions) -> Result<RoutedReader, TransportError> {
+        let channel = lazy_channel(mds_address, options.tls.as_ref())?;
         let headers = Headers { token: options.token.clone(), session: options.session };
         let replica_headers = Headers { token: options.token.clone(), session: None };
         Ok(RoutedReader {
@@ -219,7 +221,7 @@ impl RoutedReader {
 
     /// [`RoutedReader::new`], then fetch the routing table once so the first reads are routed
     /// (if the MDS cannot be reached yet, reads fall back to it and the table is fetched later).
-    pub async fn connect(mds_address: &str, options: RoutingOptions) -> Result<RoutedReader, tonic::transport::Error> {
+    pub async fn connect(mds_address: &str, options: RoutingOptions) -> Result<RoutedReader, TransportError> {
         let reader = RoutedReader::new(mds_address, options)?;
         if let Err(status) = reader.refresh().await {
             tracing::debug!(%status, "listing replica deployments failed; reads go to the MDS for now");
@@ -257,7 +259,7 @@ impl RoutedReader {
         for instance in table.instances.iter().flatten() {
             let client = match state.clients.remove(&instance.instance) {
                 Some(client) => client,
-                None => match lazy_channel(&instance.address) {
+                None => match lazy_channel(&instance.address, self.options.tls.as_ref()) {
                     Ok(channel) => ReplicaClient::with_interceptor(channel, self.headers.clone()),
                     Err(error) => {
                         tracing::warn!(address = %instance.address, %error, "bad replica address");

@@ -5,13 +5,16 @@
 //! `target/release`), so run `cargo build --bins` before `cargo test` (the README's test
 //! command does).
 //!
-//! [`bench`] holds what the benchmark binaries share (CPU accounting, timed phases, plots).
+//! [`bench`] holds what the benchmark binaries share (CPU accounting, timed phases, plots);
+//! [`pki`] makes test certificates for TLS.
 
 pub mod bench;
+pub mod pki;
 
 use anyhow::{bail, Context, Result};
 use cudele_proto::auth::{AUTHORIZATION_HEADER, SESSION_HEADER};
 use cudele_proto::pb::mds_client::MdsClient;
+use cudele_proto::transport::ClientTls;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +41,21 @@ pub fn binary(name: &str) -> PathBuf {
     let path = binary_dir().join(name);
     assert!(path.exists(), "{} is missing: run `cargo build --bins` first", path.display());
     path
+}
+
+/// `--insecure` when `args` give no `--token-file` (and no `--insecure` already): the MDS
+/// refuses to start without authentication unless told so, and most tests do not need it.
+pub fn insecure_unless_token(args: &[&str]) -> Option<&'static str> {
+    (!args.iter().any(|arg| *arg == "--token-file" || *arg == "--insecure")).then_some("--insecure")
+}
+
+/// Write a secret file (token, private key) readable by its owner only: clients and the MDS
+/// refuse one that group or others may read.
+pub fn write_secret_file(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_ref())
 }
 
 /// A `cudele-mds` child process, killed (SIGKILL, by pid) when dropped.
@@ -88,6 +106,8 @@ impl MdsProcess {
         Self::start_on_with_env(data_dir, "127.0.0.1:0", args, env)
     }
 
+    /// Start with extra environment variables; without `--token-file` among `args` the MDS
+    /// is started `--insecure` (see [`insecure_unless_token`]).
     pub fn start_on_with_env(data_dir: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Result<MdsProcess> {
         let mut command = Command::new(binary("cudele-mds"));
         command.envs(env.iter().copied());
@@ -97,6 +117,7 @@ impl MdsProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
+            .args(insecure_unless_token(args))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -218,7 +239,13 @@ pub type ApiClient = MdsClient<InterceptedService<Channel, Headers>>;
 
 /// A gRPC client with optional token and session.
 pub async fn connect(address: SocketAddr, headers: Headers) -> Result<ApiClient> {
-    let channel = Channel::from_shared(format!("http://{address}"))?
+    connect_with_tls(address, headers, None).await
+}
+
+/// [`connect`], over TLS verified with `tls`'s CA when given (the clients' own channel
+/// builder, `cudele_proto::transport::endpoint`).
+pub async fn connect_with_tls(address: SocketAddr, headers: Headers, tls: Option<&ClientTls>) -> Result<ApiClient> {
+    let channel = cudele_proto::transport::endpoint(&address.to_string(), tls)?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
@@ -263,8 +290,15 @@ pub struct RefusedStart {
 
 /// Run `cudele-mds` on `data_dir` expecting it to refuse to start: wait (bounded) for it to
 /// exit and return its exit status and stderr. An MDS that starts serving instead is killed
-/// and reported as an error.
+/// and reported as an error. `--insecure` is added as by [`MdsProcess::start`].
 pub fn run_mds_expecting_refusal(data_dir: &Path, args: &[&str]) -> Result<RefusedStart> {
+    let mut all_args: Vec<&str> = args.to_vec();
+    all_args.extend(insecure_unless_token(args));
+    run_mds_exactly_expecting_refusal(data_dir, &all_args)
+}
+
+/// [`run_mds_expecting_refusal`] with exactly `args` (nothing added).
+pub fn run_mds_exactly_expecting_refusal(data_dir: &Path, args: &[&str]) -> Result<RefusedStart> {
     let mut child = Command::new(binary("cudele-mds"))
         .arg("--listen")
         .arg("127.0.0.1:0")

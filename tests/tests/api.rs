@@ -916,7 +916,7 @@ async fn status_and_dump_describe_the_server() {
 async fn token_file_gates_every_client() {
     let directory = tempfile::tempdir().unwrap();
     let token_path = directory.path().join("token");
-    std::fs::write(&token_path, "s3cret-token\n").unwrap();
+    cudele_e2e::write_secret_file(&token_path, "s3cret-token\n").unwrap();
     let data_dir = directory.path().join("data");
     let mds = MdsProcess::start(&data_dir, &["--token-file", token_path.to_str().unwrap()]).unwrap();
     let open = pb::OpenSessionRequest { client_name: "x".into() };

@@ -319,7 +319,7 @@ impl Setup {
         let root = tempfile::tempdir().expect("tempdir");
         let token_file = with_token.then(|| {
             let path = root.path().join("token");
-            std::fs::write(&path, format!("{TOKEN}\n")).expect("write token");
+            cudele_e2e::write_secret_file(&path, format!("{TOKEN}\n")).expect("write token");
             path
         });
         let mut args: Vec<&str> = mds_args.to_vec();
@@ -526,7 +526,7 @@ fn token_is_required_and_a_wrong_one_leaves_nothing_mounted() {
     let _guard = DaemonMount::guard(&mountpoint);
     let journals = setup.directory("journals-token");
     let wrong_token = setup.root.path().join("wrong-token");
-    write(&wrong_token, "not-the-secret\n");
+    cudele_e2e::write_secret_file(&wrong_token, "not-the-secret\n").expect("write wrong token");
     let missing_token = setup.root.path().join("no-such-token");
 
     let refusals = [

@@ -30,6 +30,7 @@ use cudele_proto::convert::{
     attr_from_wire, chunk_from_wire, chunk_to_wire, kind_from_wire, kind_to_wire, rename_mode_to_wire, time_to_wire,
 };
 use cudele_proto::pb;
+use cudele_proto::transport::ClientTls;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -57,6 +58,8 @@ pub struct RemoteOptions {
     pub address: String,
     /// Shared secret (the token file's content).
     pub token: Option<String>,
+    /// The CA the MDS's (and its replicas') certificates are verified with; None: plaintext.
+    pub tls: Option<ClientTls>,
     /// Shown by `cudele status`.
     pub client_name: String,
     pub outage_timeout: Duration,
@@ -74,6 +77,7 @@ impl RemoteOptions {
         RemoteOptions {
             address: address.into(),
             token,
+            tls: None,
             client_name: format!("{host}:{}", std::process::id()),
             outage_timeout: Duration::from_millis(OUTAGE_TIMEOUT_MS),
             rpc_timeout: Duration::from_millis(RPC_TIMEOUT_MS),
@@ -149,10 +153,10 @@ impl RemoteMetadata {
         let headers = Headers::new(options.token.as_deref(), session.clone())?.with_early_reply(options.early_replies);
         let channel = {
             let _entered = runtime.handle().enter();
-            lazy_channel(&options.address)?
+            lazy_channel(&options.address, options.tls.as_ref())?
         };
         let client = connection(channel, &headers);
-        let threads = ThreadRuntimes::new(&options.address, headers);
+        let threads = ThreadRuntimes::new(&options.address, options.tls.clone(), headers);
         let shared = Arc::new(Shared {
             options,
             client,
@@ -180,7 +184,13 @@ impl RemoteMetadata {
             other => ClientError::Rejected { address: address.clone(), reason: other.to_string() },
         })?;
         let options = &shared.options;
-        let replicas = replica_reads::start(options.replicas, &options.address, options.token.clone(), &runtime)?;
+        let replicas = replica_reads::start(
+            options.replicas,
+            &options.address,
+            options.token.clone(),
+            options.tls.clone(),
+            &runtime,
+        )?;
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let tasks = vec![
             runtime.spawn(run_subscriber(shared.clone(), shutdown_receiver.clone())),

@@ -29,6 +29,7 @@ use cudele_journal::{Ino, ROOT_INO};
 use cudele_namespace::{NsError, NsResult};
 use cudele_proto::pb;
 use cudele_proto::routing::{RoutedReader, RoutingOptions, RoutingStats};
+use cudele_proto::transport::ClientTls;
 use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
@@ -83,11 +84,14 @@ enum Answer<T> {
 }
 
 impl ReplicaReads {
-    /// A router for the MDS at `address` (`host:port` or `http://host:port`). Lists the
+    /// A router for the MDS at `address` (`host:port`, or with a scheme), over TLS with `tls`. Lists the
     /// deployments once; an MDS without replicas makes every read go to it.
-    pub async fn connect(address: &str, token: Option<String>) -> Result<ReplicaReads, ClientError> {
-        let address = address.strip_prefix("http://").unwrap_or(address);
-        let options = RoutingOptions { token, session: None, ..RoutingOptions::default() };
+    pub async fn connect(
+        address: &str,
+        token: Option<String>,
+        tls: Option<ClientTls>,
+    ) -> Result<ReplicaReads, ClientError> {
+        let options = RoutingOptions { token, session: None, tls, ..RoutingOptions::default() };
         let reader = RoutedReader::connect(address, options)
             .await
             .map_err(|error| ClientError::InvalidAddress { address: address.to_string(), reason: error.to_string() })?;
@@ -181,12 +185,13 @@ pub fn start(
     mode: ReplicaMode,
     address: &str,
     token: Option<String>,
+    tls: Option<ClientTls>,
     runtime: &Blocking,
 ) -> Result<Option<ReplicaReads>, ClientError> {
     if mode == ReplicaMode::Off {
         return Ok(None);
     }
-    let connected = runtime.block_on(async { Ok(ReplicaReads::connect(address, token).await) });
+    let connected = runtime.block_on(async { Ok(ReplicaReads::connect(address, token, tls).await) });
     let connected = connected.map_err(|error| ClientError::Unreachable {
         address: address.to_string(),
         reason: format!("starting replica routing: {error}"),
@@ -276,7 +281,7 @@ mod tests {
     /// and replies teach the reader where inodes live.
     #[tokio::test]
     async fn no_deployments_fall_back_and_learn_homes() {
-        let replicas = ReplicaReads::connect("127.0.0.1:1", None).await.expect("reader");
+        let replicas = ReplicaReads::connect("127.0.0.1:1", None, None).await.expect("reader");
         assert_eq!(replicas.deployments(), 0);
         let reply = pb::AttrReply { attr: Some(pb::Attr { ino: 42, ..Default::default() }) };
         let answered = lookup(Some(&replicas), 9, b"x", async { Ok(reply.clone()) }).await;

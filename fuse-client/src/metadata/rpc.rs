@@ -8,13 +8,14 @@ use cudele_namespace::NsError;
 use cudele_proto::auth::{SessionSlot, AUTHORIZATION_HEADER, SESSION_HEADER};
 use cudele_proto::pb::mds_client::MdsClient;
 use cudele_proto::status::ERRNO_METADATA_KEY;
+use cudele_proto::transport::ClientTls;
 use std::time::Duration;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-/// How long establishing a TCP connection to the MDS may take.
+/// How long establishing a connection (TCP and, with TLS, the handshake) to the MDS may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// HTTP/2 pings detect a dead MDS on an idle connection (the push channel is idle most of
 /// the time) within interval + timeout.
@@ -78,19 +79,11 @@ pub fn connection(channel: Channel, headers: &Headers) -> MdsConnection {
         .max_encoding_message_size(cudele_proto::MESSAGE_BYTES_MAX)
 }
 
-/// `host:port` or `http://host:port` as an endpoint URI.
-pub fn endpoint_uri(address: &str) -> String {
-    if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    }
-}
-
-/// A channel that connects on first use and reconnects by itself after the MDS restarts.
+/// A channel that connects on first use and reconnects by itself after the MDS restarts;
+/// over TLS verified against `tls`'s CA when given (`cudele_proto::transport::endpoint`).
 /// Must be called inside the runtime (tonic spawns the channel's worker there).
-pub fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
-    let endpoint = endpoint(address)?
+pub fn lazy_channel(address: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
+    let endpoint = endpoint(address, tls)?
         .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
         .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
         .keep_alive_while_idle(true);
@@ -100,15 +93,14 @@ pub fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
 /// Like [`lazy_channel`], without HTTP/2 pings: for a connection only driven while a call
 /// waits on it (`thread_runtime`), where a ping left unanswered between calls would look
 /// like a dead MDS. A dead MDS shows there as a failed or timed-out call instead.
-pub fn lazy_channel_without_pings(address: &str) -> Result<Channel, ClientError> {
-    Ok(endpoint(address)?.connect_lazy())
+pub fn lazy_channel_without_pings(address: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
+    Ok(endpoint(address, tls)?.connect_lazy())
 }
 
-fn endpoint(address: &str) -> Result<Endpoint, ClientError> {
-    Ok(Endpoint::from_shared(endpoint_uri(address))
+fn endpoint(address: &str, tls: Option<&ClientTls>) -> Result<Endpoint, ClientError> {
+    Ok(cudele_proto::transport::endpoint(address, tls)
         .map_err(|error| ClientError::InvalidAddress { address: address.to_string(), reason: error.to_string() })?
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true))
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS)))
 }
 
 /// Why a call failed.
@@ -186,11 +178,5 @@ mod tests {
             current = next;
         }
         assert_eq!(current, max);
-    }
-
-    #[test]
-    fn uris() {
-        assert_eq!(endpoint_uri("127.0.0.1:7070"), "http://127.0.0.1:7070");
-        assert_eq!(endpoint_uri("http://mds:7070"), "http://mds:7070");
     }
 }

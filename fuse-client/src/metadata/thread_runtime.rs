@@ -15,6 +15,7 @@
 
 use super::rpc::{connection, lazy_channel_without_pings, Headers, MdsConnection};
 use crate::sync::{lock, Arc, Mutex};
+use cudele_proto::transport::ClientTls;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -66,13 +67,14 @@ impl ThreadRuntime {
 /// The per-thread runtimes of one MDS client.
 pub struct ThreadRuntimes {
     address: String,
+    tls: Option<ClientTls>,
     headers: Headers,
     runtimes: Mutex<HashMap<ThreadId, Arc<ThreadRuntime>>>,
 }
 
 impl ThreadRuntimes {
-    pub fn new(address: &str, headers: Headers) -> Self {
-        ThreadRuntimes { address: address.to_string(), headers, runtimes: Mutex::new(HashMap::new()) }
+    pub fn new(address: &str, tls: Option<ClientTls>, headers: Headers) -> Self {
+        ThreadRuntimes { address: address.to_string(), tls, headers, runtimes: Mutex::new(HashMap::new()) }
     }
 
     /// The calling thread's runtime, made on first use; None when the thread is inside an
@@ -100,7 +102,7 @@ impl ThreadRuntimes {
         // The channel's worker is spawned on the runtime entered here.
         let channel = {
             let _entered = runtime.enter();
-            lazy_channel_without_pings(&self.address).ok()?
+            lazy_channel_without_pings(&self.address, self.tls.as_ref()).ok()?
         };
         let runtime =
             Arc::new(ThreadRuntime { runtime: Some(runtime), connection: connection(channel, &self.headers) });

@@ -100,6 +100,8 @@ impl Mds {
             .args(["--listen", &self.address, "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.extra)
+            // The MDS refuses to run without a token unless told so.
+            .args((!self.extra.iter().any(|arg| arg == "--token-file")).then_some("--insecure"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -30,6 +30,7 @@ use cudele_proto::partition::deployment_of;
 use cudele_proto::pb;
 use cudele_proto::replica_pb::{self, replica_client::ReplicaClient};
 use cudele_proto::routing::{lazy_channel, Headers, ReplicaApi};
+use cudele_proto::transport::ClientTls;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,6 +72,8 @@ pub struct Coherence {
     launcher: Option<Arc<dyn InstanceLauncher>>,
     ack_timeout: Duration,
     token: Option<String>,
+    /// The CA that issued the instances' certificates (None: plaintext to instances).
+    tls: Option<ClientTls>,
     clients: Mutex<HashMap<InstanceId, ReplicaApi>>,
     next_invalidation: AtomicU64,
     pub stats: CoherenceStats,
@@ -88,10 +91,17 @@ impl Coherence {
             launcher,
             ack_timeout,
             token,
+            tls: None,
             clients: Mutex::new(HashMap::new()),
             next_invalidation: AtomicU64::new(1),
             stats: CoherenceStats::default(),
         }
+    }
+
+    /// Dial instances over TLS, verifying them with this CA.
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Coherence {
+        self.tls = tls;
+        self
     }
 
     /// Replicas off: plans are always empty.
@@ -136,7 +146,7 @@ impl Coherence {
             let (_, live) = self.registry.snapshot();
             clients.retain(|id, _| live.iter().any(|instance| instance.id == *id));
         }
-        let channel = match lazy_channel(&instance.address) {
+        let channel = match lazy_channel(&instance.address, self.tls.as_ref()) {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::warn!(address = %instance.address, %error, "bad replica address");

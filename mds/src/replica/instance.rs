@@ -26,6 +26,7 @@ use cudele_proto::pb;
 use cudele_proto::replica_pb::{self, coordinator_client::CoordinatorClient, replica_server};
 use cudele_proto::routing::{is_answer, lazy_channel, CoordinatorApi, Headers};
 use cudele_proto::status_from_error;
+use cudele_proto::transport::{ClientTls, ServerTls};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,10 @@ pub struct InstanceConfig {
     /// What this instance presents to the MDS's coordinator: the replica token of the MDS
     /// that launched it, or an operator's admin token for an instance started by hand.
     pub mds_token: Option<String>,
+    /// Serve TLS with this certificate and key (None: plaintext).
+    pub tls: Option<ServerTls>,
+    /// Dial the MDS over TLS, verifying it with this CA (None: plaintext).
+    pub mds_tls: Option<ClientTls>,
     pub launch_id: u64,
     pub concurrency_limit: u32,
     pub queue_length_max: u32,
@@ -485,7 +490,15 @@ pub async fn run_instance(
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
-    let channel = lazy_channel(&config.mds).with_context(|| format!("MDS address {}", config.mds))?;
+    // Before registering: a bad certificate must not leave a registered instance behind.
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server
+            .tls_config(tls.config())
+            .with_context(|| format!("TLS with {} and {}", tls.cert_path.display(), tls.key_path.display()))?;
+    }
+    let channel =
+        lazy_channel(&config.mds, config.mds_tls.as_ref()).with_context(|| format!("MDS address {}", config.mds))?;
     let coordinator =
         CoordinatorClient::with_interceptor(channel, Headers { token: config.mds_token.clone(), session: None });
     let now = Instant::now();
@@ -539,7 +552,7 @@ pub async fn run_instance(
         outcome
     });
     let serve_shared = shared.clone();
-    tonic::transport::Server::builder()
+    server
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .tcp_nodelay(true)
         .add_service(service)

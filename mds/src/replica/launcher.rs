@@ -69,9 +69,17 @@ impl LaunchSpec {
             "--cache-items-max".to_string(),
             self.options.cache_items_max.to_string(),
         ];
-        if let Some(path) = &self.options.token_file {
-            arguments.push("--token-file".to_string());
-            arguments.push(path.display().to_string());
+        let files = [
+            ("--token-file", &self.options.token_file),
+            ("--tls-cert", &self.options.tls_cert),
+            ("--tls-key", &self.options.tls_key),
+            ("--tls-ca", &self.options.tls_ca),
+        ];
+        for (flag, path) in files {
+            if let Some(path) = path {
+                arguments.push(flag.to_string());
+                arguments.push(path.display().to_string());
+            }
         }
         arguments
     }
@@ -296,5 +304,35 @@ impl Drop for LocalProcessLauncher {
             signal(&process.child, libc::SIGKILL);
             let _ = process.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Launched instances get the MDS's token file, certificate, key and CA.
+    #[test]
+    fn launch_arguments_pass_on_the_secrets_and_tls_files() {
+        let options = InstanceOptions {
+            token_file: Some(PathBuf::from("/etc/cudele/token")),
+            tls_cert: Some(PathBuf::from("/etc/cudele/mds.pem")),
+            tls_key: Some(PathBuf::from("/etc/cudele/mds.key")),
+            tls_ca: Some(PathBuf::from("/etc/cudele/ca.pem")),
+            ..InstanceOptions::default()
+        };
+        let spec = LaunchSpec { launch_id: 7, deployment: 1, mds_address: "127.0.0.1:7070".into(), options };
+        let arguments = spec.arguments();
+        for (flag, value) in [
+            ("--token-file", "/etc/cudele/token"),
+            ("--tls-cert", "/etc/cudele/mds.pem"),
+            ("--tls-key", "/etc/cudele/mds.key"),
+            ("--tls-ca", "/etc/cudele/ca.pem"),
+        ] {
+            let position = arguments.iter().position(|argument| argument == flag).expect(flag);
+            assert_eq!(arguments[position + 1], value);
+        }
+        let plain = LaunchSpec { options: InstanceOptions::default(), ..spec };
+        assert!(!plain.arguments().iter().any(|argument| argument.starts_with("--tls") || argument == "--token-file"));
     }
 }

@@ -36,6 +36,11 @@ pub struct InstanceOptions {
     pub listen_host: String,
     /// Handed to instances so they present the MDS's shared secret.
     pub token_file: Option<PathBuf>,
+    /// Handed to instances: the certificate and key they serve TLS with (the MDS's own),
+    /// and the CA they verify the MDS with. Certificate set: instances serve TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for InstanceOptions {
@@ -47,6 +52,9 @@ impl Default for InstanceOptions {
             cache_items_max: INSTANCE_CACHE_ITEMS_MAX_DEFAULT,
             listen_host: "127.0.0.1".to_string(),
             token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -150,6 +158,12 @@ impl ReplicaSettings {
         }
         if self.instance.concurrency_limit == 0 {
             return Err("--replica-concurrency-limit must be positive".to_string());
+        }
+        if self.enabled() && self.instance.tls_cert.is_some() && self.instance.tls_ca.is_none() {
+            // Instances dial the MDS, and the MDS dials them: both sides verify with the CA.
+            return Err("--replica-deployments with --tls-cert needs --tls-ca (the CA that issued the MDS's \
+                        certificate), for replica instances to verify the MDS and the MDS them"
+                .to_string());
         }
         Ok(())
     }

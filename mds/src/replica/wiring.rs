@@ -10,6 +10,7 @@ use crate::replica::registry::Registry;
 use crate::replica::settings::ReplicaSettings;
 use crate::server::Mds;
 use anyhow::{Context, Result};
+use cudele_proto::transport::ClientTls;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -26,8 +27,9 @@ pub struct ReplicaLayer {
 }
 
 impl ReplicaLayer {
-    /// The registry, coherence and (when replicas are on) the local-process launcher.
-    pub fn new(settings: ReplicaSettings, token: Option<String>) -> Result<ReplicaLayer> {
+    /// The registry, coherence and (when replicas are on) the local-process launcher; `tls`
+    /// verifies the instances' certificates when the MDS dials them (invalidations).
+    pub fn new(settings: ReplicaSettings, token: Option<String>, tls: Option<ClientTls>) -> Result<ReplicaLayer> {
         settings.validate().map_err(anyhow::Error::msg)?;
         let registry = Arc::new(Registry::new(settings.deployments, settings.lease, settings.heartbeat_interval()));
         let replica_token = token.is_some().then(|| {
@@ -41,7 +43,8 @@ impl ReplicaLayer {
         } else {
             None
         };
-        let coherence = Arc::new(Coherence::new(registry.clone(), launcher.clone(), settings.ack_timeout, token));
+        let coherence =
+            Arc::new(Coherence::new(registry.clone(), launcher.clone(), settings.ack_timeout, token).with_tls(tls));
         Ok(ReplicaLayer { settings, registry, coherence, launcher, replica_token })
     }
 
