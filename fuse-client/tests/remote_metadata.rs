@@ -180,6 +180,7 @@ fn lost_session_is_reopened() {
     // next id from the highest live one; reported to the MDS owner).
     let _b = client(&mds, Duration::from_secs(10));
     let first = a.session();
+    let credential = a.session_credential();
     // Close A's session as the MDS's reaper would.
     let runtime = Blocking::new("raw").expect("runtime");
     let address = format!("http://{}", mds.address);
@@ -187,7 +188,7 @@ fn lost_session_is_reopened() {
         .block_on(async move {
             let mut raw = cudele_proto::pb::mds_client::MdsClient::connect(address).await.expect("connect");
             let mut request = tonic::Request::new(cudele_proto::pb::Empty {});
-            request.metadata_mut().insert("cudele-session", first.to_string().parse().expect("digits"));
+            request.metadata_mut().insert("cudele-session", credential.parse().expect("header value"));
             raw.close_session(request).await.expect("close");
             Ok(())
         })

@@ -469,6 +469,17 @@ async fn run_blocking<T: Send + 'static>(
     }
 }
 
+/// Object-store prefix of globally persisted client journals (the only prefix besides
+/// `data/` that clients write; docs/SECURITY.md).
+pub const CLIENT_JOURNAL_PREFIX: &str = "client-journals/";
+
+/// Where a subtree's client journal lives in the object store: one object per subtree and
+/// session, replaced at each persist (it always holds every unmerged event). A merge by a
+/// client may name only its own.
+pub fn client_journal_object(subtree: crate::Ino, session: crate::SessionId) -> String {
+    format!("{CLIENT_JOURNAL_PREFIX}{subtree:016x}/{session:016x}.seg")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,15 +516,4 @@ mod tests {
         let options = StoreOptions { secret_access_key: Some("hunter2".into()), ..StoreOptions::default() };
         assert!(!format!("{options:?}").contains("hunter2"));
     }
-}
-
-/// Object-store prefix of globally persisted client journals (the only prefix besides
-/// `data/` that clients write; docs/SECURITY.md).
-pub const CLIENT_JOURNAL_PREFIX: &str = "client-journals/";
-
-/// Where a subtree's client journal lives in the object store: one object per subtree and
-/// session, replaced at each persist (it always holds every unmerged event). A merge by a
-/// client may name only its own.
-pub fn client_journal_object(subtree: crate::Ino, session: crate::SessionId) -> String {
-    format!("{CLIENT_JOURNAL_PREFIX}{subtree:016x}/{session:016x}.seg")
 }

@@ -40,7 +40,7 @@ enum Command {
     /// Run one metadata cache replica instance: it registers with the MDS, caches and serves
     /// lookup/getattr/readdir for one deployment, and follows the MDS's invalidations. The
     /// MDS's autoscaler starts these itself; start one by hand to add fixed capacity.
-    Replica(ReplicaOptions),
+    Replica(Box<ReplicaOptions>),
 }
 
 #[derive(Args, Debug)]
@@ -247,7 +247,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(options)) => serve(*options),
-        Some(Command::Replica(options)) => replica(options),
+        Some(Command::Replica(options)) => replica(*options),
         None => serve(cli.serve),
     }
 }

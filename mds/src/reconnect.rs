@@ -24,6 +24,10 @@ const NEVER_HELD: &[&str] = &["open_session", "close_session", "replay", "status
 /// See the module documentation.
 pub struct Reconnect {
     waiting_for: Mutex<BTreeSet<SessionId>>,
+    /// Sessions known before the restart that have not replayed (or closed) yet: each may
+    /// replay once, also after the phase timed out or when it is off (a replay is still
+    /// checked against the session's own inode reservations).
+    may_replay: Mutex<BTreeSet<SessionId>>,
     done: watch::Sender<bool>,
     replayed_records: std::sync::atomic::AtomicU64,
 }
@@ -40,11 +44,17 @@ impl Reconnect {
                 "reconnect phase: waiting for the sessions known before the restart"
             );
         }
-        Reconnect { waiting_for: Mutex::new(waiting_for), done, replayed_records: Default::default() }
+        Reconnect {
+            may_replay: Mutex::new(waiting_for.clone()),
+            waiting_for: Mutex::new(waiting_for),
+            done,
+            replayed_records: Default::default(),
+        }
     }
 
     /// `session` reconnected (replayed), closed or expired.
     pub fn reconnected(&self, session: SessionId) {
+        self.may_replay.lock().expect("reconnect lock poisoned").remove(&session);
         let mut waiting_for = self.waiting_for.lock().expect("reconnect lock poisoned");
         if waiting_for.remove(&session) && waiting_for.is_empty() {
             tracing::info!("reconnect phase over: every session reconnected");
@@ -70,9 +80,9 @@ impl Reconnect {
         }
     }
 
-    /// Whether the phase still waits for `session` (it may replay now, once).
+    /// Whether `session` may replay now: known before the restart, not replayed yet.
     pub fn awaits(&self, session: SessionId) -> bool {
-        self.waiting_for.lock().expect("reconnect lock poisoned").contains(&session)
+        self.may_replay.lock().expect("reconnect lock poisoned").contains(&session)
     }
 
     /// Sessions not yet reconnected.

@@ -311,8 +311,8 @@ impl Mds {
                 return Ok(summary);
             }
             return Err(NsError::Refused(format!(
-                "session {origin} may not replay: replays are accepted only in the reconnect phase after a \
-                 restart, once, from a session the restarted MDS knew"
+                "session {origin} may not replay: replays are accepted only after a restart, once, from a \
+                 session the restarted MDS knew"
             )));
         }
         let (seq, touched, replica_plan) = {

@@ -654,6 +654,14 @@ impl Namespace {
         Ok(())
     }
 
+    /// A local copy of part of the namespace (a decoupled subtree's view) learns that the MDS
+    /// handed out `range`: its creates may use those numbers.
+    pub fn admit_range(&mut self, range: InodeRange) {
+        if range.end <= INODE_NUMBER_LIMIT && range.end > self.next_ino {
+            self.next_ino = range.end;
+        }
+    }
+
     /// Hand out `length` fresh inode numbers (the caller journals an AllocateInodes event).
     pub fn peek_range(&self, length: u64) -> InodeRange {
         InodeRange { start: self.next_ino, end: self.next_ino.saturating_add(length) }

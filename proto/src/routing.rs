@@ -53,7 +53,7 @@ pub const ROUTING_WAKE_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, Default)]
 pub struct Headers {
     pub token: Option<String>,
-    pub session: Option<u64>,
+    pub session: Option<String>,
 }
 
 impl tonic::service::Interceptor for Headers {
@@ -63,8 +63,8 @@ impl tonic::service::Interceptor for Headers {
                 format!("Bearer {token}").parse().map_err(|_| Status::internal("token is not a header value"))?;
             request.metadata_mut().insert(AUTHORIZATION_HEADER, value);
         }
-        if let Some(session) = self.session {
-            let value = session.to_string().parse().map_err(|_| Status::internal("session header"))?;
+        if let Some(session) = &self.session {
+            let value = session.parse().map_err(|_| Status::internal("session header"))?;
             request.metadata_mut().insert(SESSION_HEADER, value);
         }
         Ok(request)
@@ -92,7 +92,7 @@ pub fn is_answer(status: &Status) -> bool {
 pub struct RoutingOptions {
     pub token: Option<String>,
     /// Sent to the MDS on fallback reads (so decoupled-subtree rules apply to this client).
-    pub session: Option<u64>,
+    pub session: Option<String>,
     /// The CA to verify the MDS and the instances with (None: plaintext).
     pub tls: Option<ClientTls>,
     pub attempts_max: u32,
@@ -199,7 +199,7 @@ impl RoutedReader {
     /// read lists the deployments.
     pub fn new(mds_address: &str, options: RoutingOptions) -> Result<RoutedReader, TransportError> {
         let channel = lazy_channel(mds_address, options.tls.as_ref())?;
-        let headers = Headers { token: options.token.clone(), session: options.session };
+        let headers = Headers { token: options.token.clone(), session: options.session.clone() };
         let replica_headers = Headers { token: options.token.clone(), session: None };
         Ok(RoutedReader {
             mds: MdsClient::with_interceptor(channel.clone(), headers),

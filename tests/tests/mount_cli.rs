@@ -324,7 +324,10 @@ impl Setup {
         });
         let mut args: Vec<&str> = mds_args.to_vec();
         if let Some(path) = &token_file {
-            args.extend(["--token-file", path.to_str().expect("utf-8 path")]);
+            // The same secret as the admin token, so that the observer may Dump (an
+            // operator's call); the mounts' behaviour does not depend on their role.
+            let path = path.to_str().expect("utf-8 path");
+            args.extend(["--token-file", path, "--admin-token-file", path]);
         }
         let mds = MdsProcess::start(&root.path().join("mds"), &args).expect("start cudele-mds");
         Some(Setup { mds, token_file, root })

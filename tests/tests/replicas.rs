@@ -50,8 +50,12 @@ async fn wait_for_instances(mds: &MdsProcess, per_deployment: usize) -> bool {
     .await
 }
 
+/// A routed reader whose MDS fallback reads in a session of its own (calls need one).
 async fn reader(mds: &MdsProcess) -> Arc<RoutedReader> {
-    Arc::new(RoutedReader::connect(&mds.address.to_string(), RoutingOptions::default()).await.expect("routed reader"))
+    let (_, _, credential) =
+        cudele_e2e::connect_session_with_credential(mds.address, None, "reader").await.expect("session");
+    let options = RoutingOptions { session: Some(credential), ..RoutingOptions::default() };
+    Arc::new(RoutedReader::connect(&mds.address.to_string(), options).await.expect("routed reader"))
 }
 
 /// What one writer has done: versions started and acknowledged.

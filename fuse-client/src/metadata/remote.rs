@@ -250,6 +250,12 @@ impl RemoteMetadata {
         lock(&self.shared.info).object_store_url.clone()
     }
 
+    /// The session's credential (the `cudele-session` header value; empty without one), for
+    /// tests that play the MDS's reaper.
+    pub fn session_credential(&self) -> String {
+        self.shared.session.header().and_then(|value| value.to_str().ok().map(str::to_string)).unwrap_or_default()
+    }
+
     pub fn session(&self) -> SessionId {
         self.shared.session.id()
     }

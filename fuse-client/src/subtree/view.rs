@@ -33,7 +33,8 @@ impl DecoupledSubtree {
         merged_seq: u64,
     ) -> Result<Self, String> {
         let values = decode_frames(subtree_frames)?;
-        let view = Namespace::from_subtree(root, name, values)?;
+        let mut view = Namespace::from_subtree(root, name, values)?;
+        view.admit_range(range);
         Ok(DecoupledSubtree {
             root,
             policy,
@@ -63,6 +64,7 @@ impl DecoupledSubtree {
 
     /// Another range from the MDS, for when this one runs out.
     pub fn add_range(&mut self, range: InodeRange) {
+        self.view.admit_range(range);
         self.ranges.push_back(range);
     }
 

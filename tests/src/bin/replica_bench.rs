@@ -503,7 +503,7 @@ async fn run_elastic(options: &Options, directory: &Path) -> Result<Value> {
     wait_for_instances(&mds, options.replica_min as usize).await?;
     let mut setup = Api::open(mds.address, None, "bench-setup").await?;
     let model = Arc::new(Mutex::new(populate(&mut setup, options).await?));
-    let reader = Arc::new(RoutedReader::connect(&mds.address.to_string(), RoutingOptions::default()).await?);
+    let reader = Arc::new(RoutedReader::connect(&mds.address.to_string(), reader_options(mds.address).await?).await?);
 
     let mut rng = StdRng::seed_from_u64(options.seed);
     let phases = options.duration_s.div_ceil(options.phase_s.max(1));
@@ -852,7 +852,8 @@ async fn run_scaling(options: &Options, root: &Path, bounded: bool) -> Result<Va
             api.create(top, format!("f{number}"), 0o644).await?;
             names.push(format!("f{number}"));
         }
-        let reader = Arc::new(RoutedReader::connect(&mds.address.to_string(), RoutingOptions::default()).await?);
+        let reader =
+            Arc::new(RoutedReader::connect(&mds.address.to_string(), reader_options(mds.address).await?).await?);
         let stop = Arc::new(AtomicBool::new(false));
         let counted = Arc::new(AtomicU64::new(0));
         let counting = Arc::new(AtomicBool::new(false));
@@ -1180,4 +1181,10 @@ fn main() -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(options.cores.max(1)).enable_all().build()?;
     runtime.block_on(run(options))
+}
+
+/// Routing options whose MDS fallback reads in a session of its own (calls need one).
+async fn reader_options(address: std::net::SocketAddr) -> Result<RoutingOptions> {
+    let (_, _, credential) = cudele_e2e::connect_session_with_credential(address, None, "bench-reader").await?;
+    Ok(RoutingOptions { session: Some(credential), ..RoutingOptions::default() })
 }
